@@ -1,0 +1,2 @@
+//! Tensor codecs: pure encode/decode functions with no file I/O.
+pub mod lossless;

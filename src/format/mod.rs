@@ -1,0 +1,2 @@
+//! On-disk and on-wire formats, parsed and written without file I/O.
+pub mod safetensors;
