@@ -1,0 +1,252 @@
+//! Reading a checkpoint from disk: one safetensors file, a sharded checkpoint's index, or a
+//! model directory. Every safetensors header is validated before anything is stored.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::catalog::Layout;
+use crate::error::Error;
+use crate::format::safetensors::{self, Header};
+use crate::id::ObjectId;
+
+/// Suffix that marks a sharded checkpoint's index file.
+pub const INDEX_SUFFIX: &str = ".safetensors.index.json";
+
+/// Cap on an index file's size; real ones are a few hundred KiB even for 70B models.
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// A file's bytes, memory-mapped (or empty: a zero-length file cannot be mapped).
+pub struct FileBytes {
+    map: Option<Mmap>,
+}
+
+impl FileBytes {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        if len == 0 {
+            return Ok(FileBytes { map: None });
+        }
+        // SAFETY: the map is read-only. wstore reads inputs that users say are not being
+        // written; a concurrent writer could change bytes under us, which the per-tensor
+        // hashes recorded at commit and checked at checkout would then expose.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mmap", path, e))?;
+        Ok(FileBytes { map: Some(map) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+/// One file of an input checkpoint.
+pub struct InputFile {
+    /// Path inside the checkpoint, `/`-separated; for a single file, its file name.
+    pub rel_path: String,
+    pub abs_path: PathBuf,
+    pub data: FileBytes,
+    /// Parsed header, for safetensors files.
+    pub header: Option<Header>,
+    /// BLAKE3 of the whole file.
+    pub hash: ObjectId,
+}
+
+/// A checkpoint opened for reading, fully validated.
+pub struct Checkpoint {
+    pub layout: Layout,
+    pub files: Vec<InputFile>,
+}
+
+impl Checkpoint {
+    /// Opens `path` (a `.safetensors` file, a `*.safetensors.index.json`, or a directory)
+    /// and validates every safetensors header in it.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
+        let (layout, files) = if meta.is_dir() {
+            let dir_name = file_name(path);
+            (Layout::Directory { dir_name }, list_directory(path)?)
+        } else if file_name(path).ends_with(INDEX_SUFFIX) {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let dir_name = file_name(&dir.canonicalize().map_err(|e| Error::io("resolve", dir, e))?);
+            (Layout::Directory { dir_name }, list_sharded(path)?)
+        } else {
+            let name = file_name(path);
+            (Layout::SingleFile { file_name: name.clone() }, vec![(name, path.to_path_buf())])
+        };
+
+        let single = matches!(layout, Layout::SingleFile { .. });
+        let files = files
+            .into_par_iter()
+            .map(|(rel_path, abs_path)| {
+                let is_safetensors = single || rel_path.ends_with(".safetensors");
+                open_file(rel_path, abs_path, is_safetensors)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Checkpoint { layout, files })
+    }
+
+    /// The checkpoint's identity: the file's BLAKE3 for a single file (what `b3sum`
+    /// prints), else the BLAKE3 of a canonical listing of relative paths and file hashes.
+    pub fn content_id(&self) -> ObjectId {
+        match self.layout {
+            Layout::SingleFile { .. } => self.files[0].hash,
+            Layout::Directory { .. } => {
+                let mut listing = String::from("wstore-directory-v1\n");
+                for file in &self.files {
+                    listing.push_str(&format!("{}\0{}\n", file.rel_path, file.hash));
+                }
+                ObjectId::of(listing.as_bytes())
+            }
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.data.bytes().len() as u64).sum()
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".to_string())
+}
+
+fn open_file(rel_path: String, abs_path: PathBuf, is_safetensors: bool) -> Result<InputFile, Error> {
+    let data = FileBytes::open(&abs_path)?;
+    let header = if is_safetensors {
+        let header = safetensors::parse(data.bytes())
+            .map_err(|source| Error::InvalidSafetensors { path: abs_path.clone(), source })?;
+        Some(header)
+    } else {
+        None
+    };
+    let hash = ObjectId::of_large(data.bytes());
+    Ok(InputFile { rel_path, abs_path, data, header, hash })
+}
+
+/// Lists the regular files under `root` (sorted, hidden entries skipped). A symlink is
+/// followed only when its target lies inside `root`, so an input cannot pull in files from
+/// elsewhere on the machine.
+fn list_directory(root: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    let canonical_root = root.canonicalize().map_err(|e| Error::io("resolve", root, e))?;
+    let mut out = Vec::new();
+    let mut pending = vec![(String::new(), root.to_path_buf())];
+    while let Some((prefix, dir)) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let file_type = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+            if file_type.is_symlink() {
+                let target = path.canonicalize().map_err(|e| Error::io("resolve", &path, e))?;
+                if !target.starts_with(&canonical_root) {
+                    return Err(Error::UnsafePath {
+                        path,
+                        reason: format!("is a symlink to {}, outside the model directory", target.display()),
+                    });
+                }
+            }
+            let meta = std::fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+            if meta.is_dir() {
+                pending.push((rel, path));
+            } else if meta.is_file() {
+                out.push((rel, path));
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(Error::EmptyInput { path: root.to_path_buf() });
+    }
+    Ok(out)
+}
+
+/// Lists a sharded checkpoint: the index file plus every shard its `weight_map` names,
+/// each checked to be a plain file name inside the index's directory.
+fn list_sharded(index_path: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    let len = std::fs::metadata(index_path).map_err(|e| Error::io("stat", index_path, e))?.len();
+    if len > MAX_INDEX_BYTES {
+        return Err(Error::InvalidIndex {
+            path: index_path.to_path_buf(),
+            reason: format!("the file is {len} bytes, above the {MAX_INDEX_BYTES}-byte cap"),
+        });
+    }
+    let text = std::fs::read(index_path).map_err(|e| Error::io("read", index_path, e))?;
+    let shards = parse_index(&text).map_err(|reason| Error::InvalidIndex { path: index_path.to_path_buf(), reason })?;
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let mut out = vec![(file_name(index_path), index_path.to_path_buf())];
+    for shard in shards {
+        out.push((shard.clone(), dir.join(&shard)));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Parses a `model.safetensors.index.json` and returns the distinct shard file names in its
+/// `weight_map`. Pure, so it can be fuzzed.
+pub fn parse_index(text: &[u8]) -> Result<BTreeSet<String>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| "no \"weight_map\" object".to_string())?;
+    let mut shards = BTreeSet::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .ok_or_else(|| format!("tensor {tensor:?} maps to a non-string value"))?;
+        check_shard_name(shard)?;
+        shards.insert(shard.to_string());
+    }
+    if shards.is_empty() {
+        return Err("\"weight_map\" names no shard".to_string());
+    }
+    Ok(shards)
+}
+
+fn check_shard_name(shard: &str) -> Result<(), String> {
+    let path = Path::new(shard);
+    let plain = path.components().count() == 1 && matches!(path.components().next(), Some(Component::Normal(_)));
+    if shard.is_empty() || shard.contains('\0') || !plain {
+        return Err(format!("shard name {shard:?} is not a plain file name inside the index's directory"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_lists_distinct_shards() {
+        let text = br#"{"metadata":{"total_size":8},"weight_map":{"a":"s-1.safetensors","b":"s-2.safetensors","c":"s-1.safetensors"}}"#;
+        let shards = parse_index(text).unwrap();
+        assert_eq!(shards.into_iter().collect::<Vec<_>>(), vec!["s-1.safetensors", "s-2.safetensors"]);
+    }
+
+    #[test]
+    fn index_rejects_escaping_shard_names() {
+        for bad in ["../x.safetensors", "/etc/passwd", "a/b.safetensors", "", "x\u{0}y", ".."] {
+            let text = serde_json::json!({"weight_map": {"t": bad}}).to_string();
+            assert!(parse_index(text.as_bytes()).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn index_rejects_missing_weight_map() {
+        assert!(parse_index(b"{}").is_err());
+        assert!(parse_index(b"[1]").is_err());
+        assert!(parse_index(b"not json").is_err());
+    }
+}

@@ -1,0 +1,433 @@
+//! The command line: arguments, dispatch, and human or JSON output. Exit codes: 0 success,
+//! 1 a check found differences or problems (reserved for `diff` and `fsck`), 2 any error.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::Error;
+use crate::progress::{NoProgress, Progress};
+use crate::store::{CheckoutOptions, CommitOptions, Details, LogEntry, Store, Target};
+
+#[derive(Debug, Parser)]
+#[command(name = "wstore", version, about = "A version store for model weights: bases kept once, fine-tunes kept as deltas")]
+pub struct Cli {
+    /// Store directory [default: $WSTORE_HOME, else the per-user data directory + /wstore]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Print debug logs to stderr
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// Hide progress bars
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a store
+    Init,
+    /// Register and list base checkpoints
+    #[command(subcommand)]
+    Base(BaseCommand),
+    /// Commit a fine-tune as deltas against a base
+    Commit {
+        /// A .safetensors file, a *.safetensors.index.json, or a model directory
+        path: PathBuf,
+        /// Base name or id prefix
+        #[arg(long)]
+        base: String,
+        /// Ref to create, or to advance if it exists
+        #[arg(long)]
+        name: Option<String>,
+        /// Commit message
+        #[arg(long, short, default_value = "")]
+        message: String,
+        /// Parent ref or commit [default: the commit --name points at]
+        #[arg(long)]
+        parent: Option<String>,
+        /// Author [default: $WSTORE_AUTHOR, else $USER]
+        #[arg(long)]
+        author: Option<String>,
+        /// Compare fine-tune tensor FINETUNE_PREFIX+x with base tensor BASE_PREFIX+x (e.g. "=bert.")
+        #[arg(long, value_name = "FINETUNE_PREFIX=BASE_PREFIX")]
+        map_prefix: Option<String>,
+        /// Do not detect a prefix difference between fine-tune and base names
+        #[arg(long)]
+        no_align: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a stored commit or base back out, verified
+    Checkout {
+        /// Ref, commit id prefix, base name or base id prefix
+        target: String,
+        /// Output file (single-file checkpoints) or directory [default: ./TARGET.safetensors or ./TARGET]
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Replace an existing output
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List bases and commits with their sizes
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the lineage of a commit down to its base
+    Log {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one commit or base tensor by tensor
+    Show {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Register a base checkpoint under a name
+    Add {
+        name: String,
+        /// A .safetensors file, a *.safetensors.index.json, or a model directory
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List bases
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Resolves the store directory: --store, else $WSTORE_HOME, else the per-user data dir.
+pub fn store_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_path_buf();
+    }
+    if let Some(home) = std::env::var_os("WSTORE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
+    }
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("wstore")
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl Progress for BarProgress {
+    fn start(&self, label: &str, total_bytes: u64) {
+        self.bar.set_length(total_bytes);
+        self.bar.set_position(0);
+        self.bar.set_message(label.to_string());
+    }
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn progress_for(quiet: bool) -> Box<dyn Progress> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return Box::new(NoProgress);
+    }
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    Box::new(BarProgress { bar })
+}
+
+/// Formats a byte count with binary units.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("wstore: failed to format JSON: {e}"),
+    }
+}
+
+fn format_time(secs: u64) -> String {
+    // Days since the epoch to a civil date (proleptic Gregorian), so no time crate is needed.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Runs one parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32, Error> {
+    let root = store_dir(cli.store.as_deref());
+    tracing::debug!(store = %root.display(), "opening store directly (no daemon)");
+    let progress = progress_for(cli.quiet);
+    match cli.command {
+        Command::Init => {
+            let existed = root.join("catalog").exists();
+            Store::init(&root)?;
+            if existed {
+                println!("store already exists at {}", root.display());
+            } else {
+                println!("initialised empty store at {}", root.display());
+            }
+        }
+        Command::Base(BaseCommand::Add { name, path, json }) => {
+            let store = Store::open(&root)?;
+            let report = store.add_base(&name, &path, progress.as_ref())?;
+            if json {
+                print_json(&report);
+            } else if report.already_present {
+                println!("base {} already stored as {}; added name {:?}, 0 new bytes", name, report.id.short(), name);
+            } else {
+                println!(
+                    "added base {} {} ({} tensors): {} original, {} stored, {} new",
+                    name,
+                    report.id.short(),
+                    report.tensors,
+                    human_bytes(report.original_bytes),
+                    human_bytes(report.stored_bytes),
+                    human_bytes(report.new_bytes)
+                );
+            }
+        }
+        Command::Base(BaseCommand::List { json }) => {
+            let store = Store::open(&root)?;
+            let listing = store.list()?;
+            if json {
+                print_json(&listing.bases);
+            } else {
+                print_bases(&listing.bases);
+            }
+        }
+        Command::Commit { path, base, name, message, parent, author, map_prefix, no_align, json } => {
+            let store = Store::open(&root)?;
+            let options = CommitOptions { base, name, message, parent, author, map_prefix, no_align };
+            let report = store.commit(&path, &options, progress.as_ref())?;
+            if json {
+                print_json(&report);
+            } else {
+                let label = report.ref_name.clone().unwrap_or_else(|| report.commit.short());
+                println!("committed {} as {} (lossless)", label, report.commit);
+                if let Some(map) = &report.name_map {
+                    println!(
+                        "  names aligned: fine-tune {:?} + x -> base {:?} + x{}",
+                        map.finetune_prefix,
+                        map.base_prefix,
+                        if map.detected { " (detected)" } else { "" }
+                    );
+                }
+                let kinds: Vec<String> = report.tensors_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                println!("  tensors: {}", kinds.join(", "));
+                println!(
+                    "  original {}, stored {} (ratio {:.2}x), new bytes written {}",
+                    human_bytes(report.original_bytes),
+                    human_bytes(report.stored_bytes),
+                    report.original_bytes as f64 / report.stored_bytes.max(1) as f64,
+                    human_bytes(report.new_bytes)
+                );
+            }
+        }
+        Command::Checkout { target, output, force, json } => {
+            let store = Store::open(&root)?;
+            let resolved = store.resolve(&target)?;
+            let (snapshot, _) = store.snapshot_of(resolved)?;
+            let output = output.unwrap_or_else(|| match snapshot.layout {
+                crate::catalog::Layout::SingleFile { .. } => PathBuf::from(format!("{target}.safetensors")),
+                crate::catalog::Layout::Directory { .. } => PathBuf::from(&target),
+            });
+            let report = store.checkout(resolved, &output, &CheckoutOptions { force }, progress.as_ref())?;
+            if json {
+                print_json(&report);
+            } else {
+                let what = match resolved {
+                    Target::Commit(_) if report.lossy => "lossy commit (values are the codec's reconstruction)",
+                    Target::Commit(_) => "commit",
+                    Target::Base(_) => "base",
+                };
+                println!("checked out {what} {target} to {} ({})", output.display(), human_bytes(report.bytes));
+                for (path, hash) in &report.file_hashes {
+                    println!("  {path}  blake3 {hash}  verified");
+                }
+            }
+        }
+        Command::Ls { json } => {
+            let store = Store::open(&root)?;
+            let listing = store.list()?;
+            if json {
+                print_json(&listing);
+            } else {
+                print_bases(&listing.bases);
+                println!();
+                println!("{:<14} {:<20} {:<16} {:<9} {:>11} {:>11} {:>8}", "COMMIT", "REFS", "BASE", "CODEC", "ORIGINAL", "STORED", "RATIO");
+                for c in &listing.commits {
+                    println!(
+                        "{:<14} {:<20} {:<16} {:<9} {:>11} {:>11} {:>7.2}x",
+                        c.id.short(),
+                        c.refs.join(","),
+                        c.base_names.first().cloned().unwrap_or_else(|| c.base.short()),
+                        if c.lossy { format!("{}*", c.codec.name) } else { c.codec.name.clone() },
+                        human_bytes(c.original_bytes),
+                        human_bytes(c.stored_bytes),
+                        c.ratio
+                    );
+                }
+                if listing.commits.iter().any(|c| c.lossy) {
+                    println!("* lossy: checkouts return the codec's reconstruction, not the original bytes");
+                }
+            }
+        }
+        Command::Log { target, json } => {
+            let store = Store::open(&root)?;
+            let entries = store.log(&target)?;
+            if json {
+                print_json(&entries);
+            } else {
+                for entry in &entries {
+                    match entry {
+                        LogEntry::Commit(c) => {
+                            let refs = if c.refs.is_empty() { String::new() } else { format!(" ({})", c.refs.join(", ")) };
+                            println!("commit {}{}", c.id, refs);
+                            println!("  author {}  date {}", c.author, format_time(c.time));
+                            println!("  codec {}{}", c.codec.name, if c.lossy { " (lossy)" } else { "" });
+                            if !c.message.is_empty() {
+                                println!("  {}", c.message);
+                            }
+                        }
+                        LogEntry::Base(b) => {
+                            println!("base {} ({})", b.id, b.names.join(", "));
+                            println!("  added {}", format_time(b.added_at));
+                        }
+                    }
+                }
+            }
+        }
+        Command::Show { target, json } => {
+            let store = Store::open(&root)?;
+            let details = store.show(&target)?;
+            if json {
+                print_json(&details);
+            } else {
+                print_details(&details);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_bases(bases: &[crate::store::BaseView]) {
+    println!("{:<14} {:<24} {:>8} {:>11} {:>11}", "BASE", "NAMES", "TENSORS", "ORIGINAL", "STORED");
+    for b in bases {
+        println!(
+            "{:<14} {:<24} {:>8} {:>11} {:>11}",
+            b.id.short(),
+            b.names.join(","),
+            b.tensors,
+            human_bytes(b.original_bytes),
+            human_bytes(b.stored_bytes)
+        );
+    }
+}
+
+fn print_details(details: &Details) {
+    let (tensors, files) = match details {
+        Details::Commit { commit, name_map, files, tensors } => {
+            println!("commit {}", commit.id);
+            println!("  refs     {}", commit.refs.join(", "));
+            println!("  base     {} ({})", commit.base, commit.base_names.join(", "));
+            if let Some(parent) = commit.parent {
+                println!("  parent   {parent}");
+            }
+            println!("  author   {}  date {}", commit.author, format_time(commit.time));
+            println!("  codec    {}{}", commit.codec.name, if commit.lossy { " (lossy: checkouts return the reconstruction)" } else { " (exact)" });
+            if let Some(map) = name_map {
+                println!("  names    fine-tune {:?} + x -> base {:?} + x", map.finetune_prefix, map.base_prefix);
+            }
+            println!(
+                "  size     {} original, {} stored, ratio {:.2}x",
+                human_bytes(commit.original_bytes),
+                human_bytes(commit.stored_bytes),
+                commit.ratio
+            );
+            (tensors, files)
+        }
+        Details::Base { base, files, tensors } => {
+            println!("base {} ({})", base.id, base.names.join(", "));
+            println!("  size     {} original, {} stored", human_bytes(base.original_bytes), human_bytes(base.stored_bytes));
+            (tensors, files)
+        }
+    };
+    println!();
+    for f in files {
+        println!("file {}  {}  {}  blake3 {}", f.path, f.kind, human_bytes(f.bytes), f.hash.short());
+    }
+    println!();
+    println!("{:<56} {:<6} {:<18} {:<15} {:>11} {:>11}", "TENSOR", "DTYPE", "SHAPE", "STORAGE", "ORIGINAL", "STORED");
+    for t in tensors {
+        let shape = format!("{:?}", t.shape);
+        println!(
+            "{:<56} {:<6} {:<18} {:<15} {:>11} {:>11}",
+            t.name,
+            t.dtype,
+            shape,
+            t.storage,
+            human_bytes(t.original_bytes),
+            human_bytes(t.stored_bytes)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_humanised() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(13_476_839_424), "12.6 GiB");
+    }
+
+    #[test]
+    fn times_format_as_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_796_428_800), "2026-12-04 00:00:00 UTC");
+    }
+}

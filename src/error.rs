@@ -1,0 +1,59 @@
+//! The library's top-level error, grouped by what the caller should do about it.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::catalog::CatalogError;
+use crate::format::safetensors::SafetensorsError;
+use crate::id::ObjectId;
+use crate::storage::StorageError;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    // ---- the store itself
+    #[error("no wstore store at {path}; run `wstore init` first, or point --store or WSTORE_HOME at an existing store")]
+    StoreMissing { path: PathBuf },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("object {id} is corrupt: {detail}; run `wstore fsck` and restore the object from a backup or re-commit its source")]
+    CorruptObject { id: ObjectId, detail: String },
+    #[error("{what} failed verification: expected BLAKE3 {expected}, rebuilt {actual}; nothing was written to the output")]
+    VerificationFailed { what: String, expected: ObjectId, actual: ObjectId },
+
+    // ---- invalid input
+    #[error("{path}: invalid safetensors file: {source}")]
+    InvalidSafetensors { path: PathBuf, source: SafetensorsError },
+    #[error("{path}: invalid sharded checkpoint index: {reason}")]
+    InvalidIndex { path: PathBuf, reason: String },
+    #[error("{path}: rejected: {reason}")]
+    UnsafePath { path: PathBuf, reason: String },
+    #[error("{path}: the directory holds no files to store")]
+    EmptyInput { path: PathBuf },
+    #[error("{path}: the fine-tune shares no tensor name with base {base}, even after prefix alignment; check --base, or map names with --map-prefix FINETUNE=BASE")]
+    NoSharedTensors { path: PathBuf, base: String },
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName { kind: &'static str, name: String, reason: String },
+    #[error("invalid --map-prefix {text:?}: expected FINETUNE_PREFIX=BASE_PREFIX, e.g. =bert.")]
+    InvalidPrefixMap { text: String },
+    #[error("{path} already exists; choose another output path or pass --force to replace it")]
+    OutputExists { path: PathBuf },
+    #[error("{what}: {detail}")]
+    InvalidArgument { what: String, detail: String },
+
+    // ---- codecs
+    #[error("tensor {tensor:?}: {detail}")]
+    Codec { tensor: String, detail: String },
+
+    // ---- plain I/O on inputs and outputs
+    #[error("{path}: failed to {op}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl Error {
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.to_path_buf(), source }
+    }
+}

@@ -1,0 +1,176 @@
+//! The read path: rebuilding a stored checkpoint, verified tensor by tensor and file by file.
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{Store, Target};
+use crate::catalog::{FileEntry, Layout, SafetensorsFile, Snapshot, TensorEntry, TensorStorage};
+use crate::codec::lossless;
+use crate::durable::{write_durably, DurableFile, Publish};
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::progress::Progress;
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckoutOptions {
+    /// Replace an existing output file, or write into a non-empty output directory.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckoutReport {
+    pub output: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+    /// BLAKE3 of each file written, verified against the hash recorded when it was stored.
+    pub file_hashes: Vec<(String, ObjectId)>,
+    pub lossy: bool,
+}
+
+impl Store {
+    /// The snapshot behind a target, and whether it is a lossy commit.
+    pub fn snapshot_of(&self, target: Target) -> Result<(Snapshot, bool), Error> {
+        match target {
+            Target::Commit(id) => {
+                let commit = self.catalog.get_commit(&id)?.ok_or_else(|| crate::catalog::CatalogError::NotFound {
+                    kind: "commit",
+                    text: id.to_hex(),
+                })?;
+                let lossy = commit.is_lossy();
+                Ok((commit.snapshot, lossy))
+            }
+            Target::Base(id) => {
+                let base = self.catalog.get_base(&id)?.ok_or_else(|| crate::catalog::CatalogError::NotFound {
+                    kind: "base",
+                    text: id.to_hex(),
+                })?;
+                Ok((base.snapshot, false))
+            }
+        }
+    }
+
+    /// Writes the checkpoint named by `target` to `output`: a file for a single-file
+    /// checkpoint, a directory otherwise. Every tensor and file is verified before the
+    /// output is published, so a failed checkout leaves no partial file behind.
+    pub fn checkout(
+        &self,
+        target: Target,
+        output: &Path,
+        options: &CheckoutOptions,
+        progress: &dyn Progress,
+    ) -> Result<CheckoutReport, Error> {
+        let (snapshot, lossy) = self.snapshot_of(target)?;
+        progress.start("checking out", snapshot.total_bytes());
+        let mut file_hashes = Vec::new();
+        match &snapshot.layout {
+            Layout::SingleFile { .. } => {
+                if output.exists() && !options.force {
+                    return Err(Error::OutputExists { path: output.to_path_buf() });
+                }
+                for file in &snapshot.files {
+                    file_hashes.push((file.path().to_string(), self.write_file(file, output, progress)?));
+                }
+            }
+            Layout::Directory { .. } => {
+                let non_empty = std::fs::read_dir(output).map(|mut d| d.next().is_some()).unwrap_or(false);
+                if non_empty && !options.force {
+                    return Err(Error::OutputExists { path: output.to_path_buf() });
+                }
+                std::fs::create_dir_all(output).map_err(|e| Error::io("create", output, e))?;
+                for file in &snapshot.files {
+                    let target_path = output.join(safe_relative(file.path())?);
+                    if let Some(parent) = target_path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+                    }
+                    file_hashes.push((file.path().to_string(), self.write_file(file, &target_path, progress)?));
+                }
+            }
+        }
+        progress.finish();
+        Ok(CheckoutReport {
+            output: output.to_path_buf(),
+            files: snapshot.files.len(),
+            bytes: snapshot.total_bytes(),
+            file_hashes,
+            lossy,
+        })
+    }
+
+    fn write_file(&self, file: &FileEntry, path: &Path, progress: &dyn Progress) -> Result<ObjectId, Error> {
+        match file {
+            FileEntry::Plain(plain) => {
+                let bytes = self.objects.get(&plain.object)?;
+                write_durably(path, &bytes, Publish::Replace).map_err(|e| Error::io("write", path, e))?;
+                progress.advance(plain.bytes);
+                Ok(plain.object)
+            }
+            FileEntry::Safetensors(st) => self.write_safetensors(st, path, progress),
+        }
+    }
+
+    fn write_safetensors(&self, st: &SafetensorsFile, path: &Path, progress: &dyn Progress) -> Result<ObjectId, Error> {
+        let mut out = DurableFile::create(path).map_err(|e| Error::io("create", path, e))?;
+        let mut hasher = blake3::Hasher::new();
+        let header = self.objects.get(&st.header_object)?;
+        out.write_all(&header).map_err(|e| Error::io("write", path, e))?;
+        hasher.update(&header);
+
+        // Rebuild a window of tensors in parallel, then write them in file order, so memory
+        // stays within (threads × largest tensor).
+        let window = rayon::current_num_threads().max(1);
+        for chunk in st.tensors.chunks(window) {
+            let rebuilt = chunk
+                .par_iter()
+                .map(|entry| self.rebuild_tensor(entry))
+                .collect::<Result<Vec<_>, Error>>()?;
+            for bytes in rebuilt {
+                out.write_all(&bytes).map_err(|e| Error::io("write", path, e))?;
+                hasher.update(&bytes);
+                progress.advance(bytes.len() as u64);
+            }
+        }
+
+        let actual = ObjectId::from_bytes(*hasher.finalize().as_bytes());
+        if actual != st.file_hash {
+            return Err(Error::VerificationFailed { what: format!("file {}", st.path), expected: st.file_hash, actual });
+        }
+        out.commit(Publish::Replace).map_err(|e| Error::io("publish", path, e))?;
+        Ok(actual)
+    }
+
+    /// Rebuilds one tensor's bytes and checks them against the hash recorded at commit.
+    pub fn rebuild_tensor(&self, entry: &TensorEntry) -> Result<Vec<u8>, Error> {
+        let bytes = match &entry.storage {
+            TensorStorage::Whole { object } | TensorStorage::SameAsBase { object, .. } => self.objects.get(object)?,
+            TensorStorage::LosslessDelta { base_object, object, .. } => {
+                let base = self.objects.get(base_object)?;
+                let payload = self.objects.get(object)?;
+                lossless::decode(&base, &payload).map_err(|e| Error::CorruptObject { id: *object, detail: e.to_string() })?
+            }
+            TensorStorage::UltraDelta { object, .. } => {
+                return Err(Error::Codec {
+                    tensor: entry.name.clone(),
+                    detail: format!("object {} needs the UltraDelta codec, which this build cannot decode", object.short()),
+                })
+            }
+        };
+        let actual = ObjectId::of_large(&bytes);
+        if actual != entry.hash || bytes.len() as u64 != entry.len {
+            return Err(Error::VerificationFailed { what: format!("tensor {}", entry.name), expected: entry.hash, actual });
+        }
+        Ok(bytes)
+    }
+}
+
+/// Turns a stored relative path into a path that cannot leave the output directory.
+fn safe_relative(path: &str) -> Result<PathBuf, Error> {
+    let candidate = Path::new(path);
+    let plain = !path.is_empty() && !path.contains('\0') && candidate.components().all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        return Err(Error::UnsafePath { path: candidate.to_path_buf(), reason: "stored file path leaves the output directory".into() });
+    }
+    Ok(candidate.to_path_buf())
+}

@@ -1,0 +1,136 @@
+//! A store on disk: the sled catalog under `catalog/` and object files under `objects/`.
+
+mod checkout;
+mod commit;
+mod views;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use checkout::{CheckoutOptions, CheckoutReport};
+pub use commit::{BaseReport, CommitOptions, CommitReport};
+pub use views::{BaseView, CommitView, Details, FileView, LogEntry, StoreListing, TensorView};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::error::Error;
+use crate::id::ObjectId;
+use crate::objects::ObjectStore;
+use crate::storage::fs::FsStorage;
+use crate::storage::Storage;
+
+const CATALOG_DIR: &str = "catalog";
+const OBJECTS_DIR: &str = "objects";
+
+/// Longest ref or base name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// An open store. sled locks the catalog, so one process at a time holds it.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    catalog: Catalog,
+    objects: ObjectStore,
+}
+
+/// What a user-supplied reference names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Commit(ObjectId),
+    Base(ObjectId),
+}
+
+impl Store {
+    /// Creates a store at `root` (the directory may exist but must not hold a store yet,
+    /// unless it is a complete one, which is then just opened).
+    pub fn init(root: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(root.join(OBJECTS_DIR)).map_err(|e| Error::io("create", root, e))?;
+        Self::open(root)
+    }
+
+    /// Opens the store at `root`; a missing store is an error naming `wstore init`.
+    pub fn open(root: &Path) -> Result<Store, Error> {
+        if !root.join(OBJECTS_DIR).is_dir() {
+            return Err(Error::StoreMissing { path: root.to_path_buf() });
+        }
+        let storage = FsStorage::open(&root.join(OBJECTS_DIR))?;
+        Self::open_with_storage(root, Arc::new(storage))
+    }
+
+    /// Opens the catalog at `root` over a given object storage (tests inject faults here).
+    pub fn open_with_storage(root: &Path, storage: Arc<dyn Storage>) -> Result<Store, Error> {
+        let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
+        Ok(Store { root: root.to_path_buf(), catalog, objects: ObjectStore::new(storage) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn objects(&self) -> &ObjectStore {
+        &self.objects
+    }
+
+    /// Resolves a ref, commit id prefix, base name or base id prefix, in that order.
+    pub fn resolve(&self, text: &str) -> Result<Target, Error> {
+        match self.catalog.resolve_commit(text) {
+            Ok(id) => return Ok(Target::Commit(id)),
+            Err(CatalogError::NotFound { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+        match self.catalog.resolve_base(text) {
+            Ok(id) => Ok(Target::Base(id)),
+            Err(CatalogError::NotFound { .. }) => Err(CatalogError::NotFound {
+                kind: "ref, commit or base",
+                text: text.to_string(),
+            }
+            .into()),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// Checks a ref or base name: it becomes a URL path segment and a file name, so it is kept
+/// to letters, digits, `.`, `_` and `-`, starting with a letter or digit.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), Error> {
+    let invalid = |reason: &str| Error::InvalidName { kind, name: name.to_string(), reason: reason.to_string() };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(&format!("must be 1 to {MAX_NAME_LEN} characters")));
+    }
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Err(invalid("must start with a letter or digit"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(invalid("may contain only letters, digits, '.', '_' and '-'"));
+    }
+    if name.contains("..") {
+        return Err(invalid("must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        for good in ["llama2-7b", "task_a.v2", "7b"] {
+            assert!(validate_name("ref", good).is_ok(), "{good}");
+        }
+        for bad in ["", "-x", "a/b", "a..b", "a b", "é", &"x".repeat(129)] {
+            assert!(validate_name("ref", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Each malformed input gets an error naming the file and the problem, and leaves the store
+//! exactly as it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{commit, tensor, write};
+use wstore::format::safetensors::Dtype;
+use wstore::progress::NoProgress;
+use wstore::store::CheckoutOptions;
+use wstore::{Error, Store};
+
+/// A store holding one small base named "base", and the directory around it.
+fn setup() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write(&dir.path().join("base.safetensors"), &[
+        tensor("a", Dtype::F32, &[2], vec![0, 0, 128, 63, 0, 0, 0, 64]),
+        tensor("b", Dtype::U8, &[3], vec![1, 2, 3]),
+    ]);
+    let store = Store::init(&dir.path().join("store")).unwrap();
+    store.add_base("base", &base, &NoProgress).unwrap();
+    (dir, store)
+}
+
+fn raw_file(dir: &Path, name: &str, header: &[u8], data: &[u8]) -> PathBuf {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(data);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Commits `path` and adds it as a base; both must fail with an invalid-safetensors error
+/// naming the file, and the store must not change.
+fn assert_rejected(dir: &Path, store: &Store, path: &Path, expected_words: &str) {
+    let before = store_state_with_open(store);
+    let commit_error = commit(store, path, "base", Some("bad")).unwrap_err();
+    let base_error = store.add_base("bad-base", path, &NoProgress).unwrap_err();
+    for error in [&commit_error, &base_error] {
+        assert!(matches!(error, Error::InvalidSafetensors { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains(expected_words), "expected {expected_words:?} in {message}");
+    }
+    let _ = dir;
+    drop_and_compare(store, before);
+}
+
+fn drop_and_compare(store: &Store, before: (Vec<(String, u64)>, String)) {
+    let (files, listing) = store_state_with_open(store);
+    assert_eq!(files, before.0);
+    assert_eq!(listing, before.1);
+}
+
+/// Like `store_state`, but through the already open store (sled allows one opener).
+fn store_state_with_open(store: &Store) -> (Vec<(String, u64)>, String) {
+    let files = {
+        let mut files = Vec::new();
+        for fan in std::fs::read_dir(store.root().join("objects")).unwrap() {
+            let fan = fan.unwrap().path();
+            for entry in std::fs::read_dir(&fan).unwrap() {
+                let entry = entry.unwrap();
+                files.push((entry.path().display().to_string(), entry.metadata().unwrap().len()));
+            }
+        }
+        files.sort();
+        files
+    };
+    (files, serde_json::to_string(&store.list().unwrap()).unwrap())
+}
+
+#[test]
+fn empty_file() {
+    let (dir, store) = setup();
+    let path = dir.path().join("empty.safetensors");
+    std::fs::write(&path, b"").unwrap();
+    assert_rejected(dir.path(), &store, &path, "shorter than");
+}
+
+#[test]
+fn truncated_file() {
+    let (dir, store) = setup();
+    let path = raw_file(dir.path(), "t.safetensors", br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &[0; 5]);
+    assert_rejected(dir.path(), &store, &path, "data section");
+}
+
+#[test]
+fn header_length_beyond_file() {
+    let (dir, store) = setup();
+    let path = dir.path().join("beyond.safetensors");
+    let mut bytes = 1000u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&path, bytes).unwrap();
+    assert_rejected(dir.path(), &store, &path, "beyond");
+}
+
+#[test]
+fn header_over_cap() {
+    let (dir, store) = setup();
+    let path = dir.path().join("huge.safetensors");
+    let mut bytes = (200u64 << 20).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&path, bytes).unwrap();
+    assert_rejected(dir.path(), &store, &path, "100000000");
+}
+
+#[test]
+fn header_not_json() {
+    let (dir, store) = setup();
+    let path = raw_file(dir.path(), "nj.safetensors", b"{not json at all}", &[]);
+    assert_rejected(dir.path(), &store, &path, "JSON");
+}
+
+#[test]
+fn duplicate_tensor_names() {
+    let (dir, store) = setup();
+    let header = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#;
+    let path = raw_file(dir.path(), "dup.safetensors", header, &[1, 2]);
+    assert_rejected(dir.path(), &store, &path, "more than once");
+}
+
+#[test]
+fn gapped_offsets() {
+    let (dir, store) = setup();
+    let header = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}"#;
+    let path = raw_file(dir.path(), "gap.safetensors", header, &[1, 2, 3]);
+    assert_rejected(dir.path(), &store, &path, "gap");
+}
+
+#[test]
+fn overlapping_offsets() {
+    let (dir, store) = setup();
+    let header = br#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#;
+    let path = raw_file(dir.path(), "overlap.safetensors", header, &[1, 2, 3]);
+    assert_rejected(dir.path(), &store, &path, "overlap");
+}
+
+#[test]
+fn byte_range_not_matching_shape_and_dtype() {
+    let (dir, store) = setup();
+    let header = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+    let path = raw_file(dir.path(), "size.safetensors", header, &[0; 8]);
+    assert_rejected(dir.path(), &store, &path, "12");
+}
+
+#[test]
+fn shape_product_overflows() {
+    let (dir, store) = setup();
+    let header = br#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#;
+    let path = raw_file(dir.path(), "overflow.safetensors", header, &[0; 8]);
+    assert_rejected(dir.path(), &store, &path, "overflow");
+}
+
+#[test]
+fn unknown_ref_on_checkout() {
+    let (dir, store) = setup();
+    let error = store.resolve("no-such-ref").unwrap_err();
+    assert!(matches!(error, Error::Catalog(wstore::catalog::CatalogError::NotFound { .. })), "{error:?}");
+    assert!(error.to_string().contains("no-such-ref"));
+    let _ = (dir, CheckoutOptions::default());
+}
+
+#[test]
+fn unknown_base_on_commit() {
+    let (dir, store) = setup();
+    let before = store_state_with_open(&store);
+    let ft = write(&dir.path().join("ft.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![0; 8])]);
+    let error = commit(&store, &ft, "llama-nope", Some("x")).unwrap_err();
+    assert!(matches!(error, Error::Catalog(wstore::catalog::CatalogError::NotFound { kind: "base", .. })), "{error:?}");
+    assert!(error.to_string().contains("llama-nope"));
+    drop_and_compare(&store, before);
+}
+
+#[test]
+fn finetune_sharing_no_tensor() {
+    let (dir, store) = setup();
+    let before = store_state_with_open(&store);
+    let ft = write(&dir.path().join("other.safetensors"), &[tensor("zzz", Dtype::F32, &[2], vec![0; 8])]);
+    let error = commit(&store, &ft, "base", Some("x")).unwrap_err();
+    assert!(matches!(error, Error::NoSharedTensors { .. }), "{error:?}");
+    assert!(error.to_string().contains("other.safetensors"));
+    drop_and_compare(&store, before);
+}
+
+#[test]
+fn missing_input_file() {
+    let (dir, store) = setup();
+    let error = commit(&store, &dir.path().join("nope.safetensors"), "base", None).unwrap_err();
+    assert!(matches!(error, Error::Io { .. }), "{error:?}");
+    assert!(error.to_string().contains("nope.safetensors"));
+}
+
+#[test]
+fn invalid_ref_name() {
+    let (dir, store) = setup();
+    let ft = write(&dir.path().join("ft.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![0; 8])]);
+    let error = commit(&store, &ft, "base", Some("../escape")).unwrap_err();
+    assert!(matches!(error, Error::InvalidName { .. }), "{error:?}");
+}
+
+#[test]
+fn symlink_out_of_model_directory() {
+    let (dir, store) = setup();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::write(dir.path().join("secret.txt"), b"outside").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), model.join("config.json")).unwrap();
+    let before = store_state_with_open(&store);
+    let error = store.add_base("m", &model, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error:?}");
+    drop_and_compare(&store, before);
+}
+
+#[test]
+fn index_naming_a_shard_outside() {
+    let (dir, store) = setup();
+    let model = dir.path().join("sharded");
+    std::fs::create_dir(&model).unwrap();
+    let index = serde_json::json!({"weight_map": {"a": "../base.safetensors"}});
+    let index_path = model.join("model.safetensors.index.json");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let error = store.add_base("m", &index_path, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::InvalidIndex { .. }), "{error:?}");
+    assert!(error.to_string().contains("../base.safetensors"));
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use wstore::format::safetensors::Dtype;
+use wstore::progress::NoProgress;
+use wstore::store::{CheckoutOptions, CommitOptions};
+use wstore::synth::{to_safetensors, SynthTensor};
+use wstore::{Store, Target};
+
+pub fn tensor(name: &str, dtype: Dtype, shape: &[u64], bytes: Vec<u8>) -> SynthTensor {
+    SynthTensor { name: name.into(), dtype, shape: shape.to_vec(), bytes }
+}
+
+pub fn write(path: &Path, tensors: &[SynthTensor]) -> PathBuf {
+    std::fs::write(path, to_safetensors(tensors, None).unwrap()).unwrap();
+    path.to_path_buf()
+}
+
+/// Everything observable about a store's contents: object files with sizes, and the listing.
+pub fn store_state(store_dir: &Path) -> (Vec<(String, u64)>, String) {
+    let mut files = Vec::new();
+    let objects = store_dir.join("objects");
+    if objects.exists() {
+        for fan in std::fs::read_dir(&objects).unwrap() {
+            let fan = fan.unwrap().path();
+            if fan.is_dir() {
+                for entry in std::fs::read_dir(&fan).unwrap() {
+                    let entry = entry.unwrap();
+                    files.push((entry.path().display().to_string(), entry.metadata().unwrap().len()));
+                }
+            }
+        }
+    }
+    files.sort();
+    let listing = match Store::open(store_dir) {
+        Ok(store) => serde_json::to_string(&store.list().unwrap()).unwrap(),
+        Err(e) => format!("error: {e}"),
+    };
+    (files, listing)
+}
+
+pub fn commit(store: &Store, path: &Path, base: &str, name: Option<&str>) -> Result<wstore::store::CommitReport, wstore::Error> {
+    let options = CommitOptions { base: base.into(), name: name.map(Into::into), ..Default::default() };
+    store.commit(path, &options, &NoProgress)
+}
+
+/// Checks out `target` to `out` and returns the bytes written.
+pub fn checkout_bytes(store: &Store, target: &str, out: &Path) -> Vec<u8> {
+    let resolved: Target = store.resolve(target).unwrap();
+    store.checkout(resolved, out, &CheckoutOptions { force: true }, &NoProgress).unwrap();
+    std::fs::read(out).unwrap()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
