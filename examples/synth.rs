@@ -63,9 +63,24 @@ struct Dimensions {
 impl Shape {
     fn dimensions(self) -> Dimensions {
         match self {
-            Shape::Llama2_7b => Dimensions { hidden: 4096, intermediate: 11008, vocab: 32000, layers: 32 },
-            Shape::Small => Dimensions { hidden: 512, intermediate: 1376, vocab: 4000, layers: 4 },
-            Shape::Tiny => Dimensions { hidden: 64, intermediate: 172, vocab: 256, layers: 2 },
+            Shape::Llama2_7b => Dimensions {
+                hidden: 4096,
+                intermediate: 11008,
+                vocab: 32000,
+                layers: 32,
+            },
+            Shape::Small => Dimensions {
+                hidden: 512,
+                intermediate: 1376,
+                vocab: 4000,
+                layers: 4,
+            },
+            Shape::Tiny => Dimensions {
+                hidden: 64,
+                intermediate: 172,
+                vocab: 256,
+                layers: 2,
+            },
         }
     }
 }
@@ -186,15 +201,21 @@ enum SynthError {
     ZeroLayers,
 
     #[error("failed to create output directory {path}: {source} (check that the parent exists and is writable)")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("failed to write {path}: {source} (check free disk space and permissions)")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("failed to encode the safetensors header: {0}")]
     Header(#[from] serde_json::Error),
 
-    #[error("writer thread panicked while writing to {0}")]
+    #[error("writer thread panicked while writing to {0}, so the files there are incomplete: rerun synth")]
     WriterPanicked(PathBuf),
 }
 
@@ -244,20 +265,40 @@ impl TensorKind {
 /// LLaMA-2 checkpoints.
 fn layout(shape: Shape, layers: Option<usize>) -> Vec<(String, Vec<usize>)> {
     let dims = shape.dimensions();
-    let Dimensions { hidden, intermediate, vocab, .. } = dims;
+    let Dimensions {
+        hidden,
+        intermediate,
+        vocab,
+        ..
+    } = dims;
     let layers = layers.unwrap_or(dims.layers);
 
     let mut tensors = vec![("model.embed_tokens.weight".to_string(), vec![vocab, hidden])];
     for i in 0..layers {
         let prefix = format!("model.layers.{i}");
         for projection in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            tensors.push((format!("{prefix}.self_attn.{projection}.weight"), vec![hidden, hidden]));
+            tensors.push((
+                format!("{prefix}.self_attn.{projection}.weight"),
+                vec![hidden, hidden],
+            ));
         }
-        tensors.push((format!("{prefix}.mlp.gate_proj.weight"), vec![intermediate, hidden]));
-        tensors.push((format!("{prefix}.mlp.up_proj.weight"), vec![intermediate, hidden]));
-        tensors.push((format!("{prefix}.mlp.down_proj.weight"), vec![hidden, intermediate]));
+        tensors.push((
+            format!("{prefix}.mlp.gate_proj.weight"),
+            vec![intermediate, hidden],
+        ));
+        tensors.push((
+            format!("{prefix}.mlp.up_proj.weight"),
+            vec![intermediate, hidden],
+        ));
+        tensors.push((
+            format!("{prefix}.mlp.down_proj.weight"),
+            vec![hidden, intermediate],
+        ));
         tensors.push((format!("{prefix}.input_layernorm.weight"), vec![hidden]));
-        tensors.push((format!("{prefix}.post_attention_layernorm.weight"), vec![hidden]));
+        tensors.push((
+            format!("{prefix}.post_attention_layernorm.weight"),
+            vec![hidden],
+        ));
     }
     tensors.push(("model.norm.weight".to_string(), vec![hidden]));
     tensors.push(("lm_head.weight".to_string(), vec![vocab, hidden]));
@@ -350,7 +391,7 @@ fn fill_normal(rng: &mut ChaCha8Rng, mean: f32, std: f32, out: &mut [f32]) {
     }
 }
 
-/// Natural logarithm of a positive normal f32, to about 1e-6 absolute error. The value is split
+/// Returns the natural logarithm of a positive normal f32, to about 1e-6 absolute error. The value is split
 /// into 2^e × m with m in [1, 2), and ln m = 2 atanh(s) with s = (m − 1) / (m + 1) in [0, 1/3)
 /// is summed to the s^9 term.
 #[inline(always)]
@@ -364,7 +405,7 @@ fn ln_unit(value: f32) -> f32 {
     exponent as f32 * std::f32::consts::LN_2 + 2.0 * s * series
 }
 
-/// Sine and cosine of the angle `turns` × 2π for `turns` in [0, 1), to about 1e-6 absolute
+/// Returns the sine and cosine of the angle `turns` × 2π for `turns` in [0, 1), to about 1e-6 absolute
 /// error. Taylor series to the 11th power give sin and cos of the half angle, which lies in
 /// [−π/2, π/2] after centring, and the double-angle identities give the result.
 #[inline(always)]
@@ -373,10 +414,19 @@ fn sin_cos_turns(turns: f32) -> (f32, f32) {
     let half = std::f32::consts::PI * centred;
     let h2 = half * half;
     let sin_half = half
-        * (1.0 - h2 / 6.0 * (1.0 - h2 / 20.0 * (1.0 - h2 / 42.0 * (1.0 - h2 / 72.0 * (1.0 - h2 / 110.0)))));
+        * (1.0
+            - h2 / 6.0
+                * (1.0 - h2 / 20.0 * (1.0 - h2 / 42.0 * (1.0 - h2 / 72.0 * (1.0 - h2 / 110.0)))));
     let cos_half = 1.0
-        - h2 / 2.0 * (1.0 - h2 / 12.0 * (1.0 - h2 / 30.0 * (1.0 - h2 / 56.0 * (1.0 - h2 / 90.0 * (1.0 - h2 / 132.0)))));
-    (2.0 * sin_half * cos_half, cos_half * cos_half - sin_half * sin_half)
+        - h2 / 2.0
+            * (1.0
+                - h2 / 12.0
+                    * (1.0
+                        - h2 / 30.0 * (1.0 - h2 / 56.0 * (1.0 - h2 / 90.0 * (1.0 - h2 / 132.0)))));
+    (
+        2.0 * sin_half * cos_half,
+        cos_half * cos_half - sin_half * sin_half,
+    )
 }
 
 /// Encoded bytes of one chunk for every output file: index 0 is the base, index k fine-tune k.
@@ -385,10 +435,21 @@ type ChunkBytes = Vec<Vec<u8>>;
 /// Generates chunk `chunk` of tensor `tensor` for the base and every fine-tune.
 /// A fine-tune element is round(round(base) + delta), so the delta is measured against the
 /// stored base rather than the unrounded draw.
-fn generate_chunk(config: &Config, tensor: usize, kind: TensorKind, chunk: usize, len: usize) -> ChunkBytes {
+fn generate_chunk(
+    config: &Config,
+    tensor: usize,
+    kind: TensorKind,
+    chunk: usize,
+    len: usize,
+) -> ChunkBytes {
     let dtype = config.dtype;
     let mut base = vec![0f32; len];
-    fill_normal(&mut chunk_rng(config.seed, tensor, chunk, 0), kind.base_mean(), INIT_STD, &mut base);
+    fill_normal(
+        &mut chunk_rng(config.seed, tensor, chunk, 0),
+        kind.base_mean(),
+        INIT_STD,
+        &mut base,
+    );
 
     let mut base_bytes = Vec::with_capacity(len * dtype.size_bytes());
     for value in base.iter_mut() {
@@ -403,7 +464,12 @@ fn generate_chunk(config: &Config, tensor: usize, kind: TensorKind, chunk: usize
             continue;
         }
         let delta_std = config.delta_scale * INIT_STD;
-        fill_normal(&mut chunk_rng(config.seed, tensor, chunk, finetune), 0.0, delta_std, &mut delta);
+        fill_normal(
+            &mut chunk_rng(config.seed, tensor, chunk, finetune),
+            0.0,
+            delta_std,
+            &mut delta,
+        );
         let mut bytes = Vec::with_capacity(base_bytes.len());
         for (stored, noise) in base.iter().zip(&delta) {
             dtype.encode(stored + noise, &mut bytes);
@@ -431,7 +497,10 @@ fn output_paths(config: &Config) -> Vec<PathBuf> {
 }
 
 fn create_writer(path: &Path) -> Result<BufWriter<File>, SynthError> {
-    let file = File::create(path).map_err(|source| SynthError::Write { path: path.to_path_buf(), source })?;
+    let file = File::create(path).map_err(|source| SynthError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(BufWriter::with_capacity(1 << 20, file))
 }
 
@@ -446,13 +515,25 @@ fn write_slabs(
             for ((bytes, writer), path) in chunk.iter().zip(writers.iter_mut()).zip(paths) {
                 writer
                     .write_all(bytes)
-                    .map_err(|source| SynthError::Write { path: path.clone(), source })?;
+                    .map_err(|source| SynthError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
             }
         }
     }
     for (writer, path) in writers.iter_mut().zip(paths) {
-        writer.flush().map_err(|source| SynthError::Write { path: path.clone(), source })?;
-        writer.get_ref().sync_all().map_err(|source| SynthError::Write { path: path.clone(), source })?;
+        writer.flush().map_err(|source| SynthError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        writer
+            .get_ref()
+            .sync_all()
+            .map_err(|source| SynthError::Write {
+                path: path.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -467,8 +548,10 @@ fn generate(config: &Config) -> Result<Vec<FileReport>, SynthError> {
     if config.layers == Some(0) {
         return Err(SynthError::ZeroLayers);
     }
-    std::fs::create_dir_all(&config.out)
-        .map_err(|source| SynthError::CreateDir { path: config.out.clone(), source })?;
+    std::fs::create_dir_all(&config.out).map_err(|source| SynthError::CreateDir {
+        path: config.out.clone(),
+        source,
+    })?;
 
     let tensors = layout(config.shape, config.layers);
     let header = encode_header(&tensors, config.dtype)?;
@@ -479,7 +562,10 @@ fn generate(config: &Config) -> Result<Vec<FileReport>, SynthError> {
         let mut writer = create_writer(path)?;
         writer
             .write_all(&header)
-            .map_err(|source| SynthError::Write { path: path.clone(), source })?;
+            .map_err(|source| SynthError::Write {
+                path: path.clone(),
+                source,
+            })?;
         writers.push(writer);
     }
 
@@ -510,8 +596,9 @@ fn generate(config: &Config) -> Result<Vec<FileReport>, SynthError> {
     }
     drop(sender);
 
-    let base_path = paths.first().cloned().unwrap_or_default();
-    writer_thread.join().map_err(|_| SynthError::WriterPanicked(base_path))??;
+    writer_thread
+        .join()
+        .map_err(|_| SynthError::WriterPanicked(config.out.clone()))??;
 
     let parameters: usize = tensors.iter().map(|(_, shape)| element_count(shape)).sum();
     let data_bytes = parameters * config.dtype.size_bytes();
@@ -538,9 +625,18 @@ fn main() -> ExitCode {
     };
 
     for report in &reports {
-        println!("{}\t{} bytes\t{} parameters", report.path.display(), report.bytes, report.parameters);
+        println!(
+            "{}\t{} bytes\t{} parameters",
+            report.path.display(),
+            report.bytes,
+            report.parameters
+        );
     }
-    println!("generated {} files in {:.1} s", reports.len(), started.elapsed().as_secs_f64());
+    println!(
+        "generated {} files in {:.1} s",
+        reports.len(),
+        started.elapsed().as_secs_f64()
+    );
     ExitCode::SUCCESS
 }
 
@@ -566,11 +662,17 @@ mod tests {
     }
 
     fn as_f32(bytes: &[u8]) -> Vec<f32> {
-        bytes.chunks_exact(2).map(|pair| bf16::from_le_bytes([pair[0], pair[1]]).to_f32()).collect()
+        bytes
+            .chunks_exact(2)
+            .map(|pair| bf16::from_le_bytes([pair[0], pair[1]]).to_f32())
+            .collect()
     }
 
     fn norm(values: impl Iterator<Item = f32>) -> f64 {
-        values.map(|v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+        values
+            .map(|v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
     }
 
     #[test]
@@ -585,33 +687,68 @@ mod tests {
     fn layers_override_keeps_widths() {
         let tensors = layout(Shape::Llama2_7b, Some(2));
         assert_eq!(tensors.len(), 2 + 2 * 9 + 1);
-        let down = tensors.iter().find(|(name, _)| name == "model.layers.1.mlp.down_proj.weight");
-        assert_eq!(down.map(|(_, shape)| shape.clone()), Some(vec![4096, 11008]));
-        assert!(!tensors.iter().any(|(name, _)| name.starts_with("model.layers.2.")));
+        let down = tensors
+            .iter()
+            .find(|(name, _)| name == "model.layers.1.mlp.down_proj.weight");
+        assert_eq!(
+            down.map(|(_, shape)| shape.clone()),
+            Some(vec![4096, 11008])
+        );
+        assert!(!tensors
+            .iter()
+            .any(|(name, _)| name.starts_with("model.layers.2.")));
     }
 
     #[test]
     fn small_layout_dimensions() {
         let tensors = layout(Shape::Small, None);
         assert_eq!(tensors.len(), 2 + 4 * 9 + 1);
-        assert_eq!(tensors[0], ("model.embed_tokens.weight".to_string(), vec![4000, 512]));
-        assert_eq!(tensors[3], ("model.layers.0.self_attn.v_proj.weight".to_string(), vec![512, 512]));
-        assert_eq!(tensors[5], ("model.layers.0.mlp.gate_proj.weight".to_string(), vec![1376, 512]));
+        assert_eq!(
+            tensors[0],
+            ("model.embed_tokens.weight".to_string(), vec![4000, 512])
+        );
+        assert_eq!(
+            tensors[3],
+            (
+                "model.layers.0.self_attn.v_proj.weight".to_string(),
+                vec![512, 512]
+            )
+        );
+        assert_eq!(
+            tensors[5],
+            (
+                "model.layers.0.mlp.gate_proj.weight".to_string(),
+                vec![1376, 512]
+            )
+        );
     }
 
     #[test]
     fn tiny_files_parse_with_safetensors() {
-        for (dtype, expected) in [(Dtype::Bf16, StDtype::BF16), (Dtype::F16, StDtype::F16), (Dtype::F32, StDtype::F32)] {
+        for (dtype, expected) in [
+            (Dtype::Bf16, StDtype::BF16),
+            (Dtype::F16, StDtype::F16),
+            (Dtype::F32, StDtype::F32),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let reports = generate(&tiny_config(dir.path(), dtype)).unwrap();
-            let names: Vec<_> = reports.iter().map(|r| r.path.file_name().unwrap().to_owned()).collect();
-            assert_eq!(names, ["base.safetensors", "ft1.safetensors", "ft2.safetensors"]);
+            let names: Vec<_> = reports
+                .iter()
+                .map(|r| r.path.file_name().unwrap().to_owned())
+                .collect();
+            assert_eq!(
+                names,
+                ["base.safetensors", "ft1.safetensors", "ft2.safetensors"]
+            );
 
             let expected_layout = layout(Shape::Tiny, None);
             for report in &reports {
                 let bytes = read(&report.path);
                 assert_eq!(bytes.len() as u64, report.bytes);
-                assert_eq!(report.parameters, 2 * 256 * 64 + 2 * (4 * 64 * 64 + 3 * 172 * 64 + 2 * 64) + 64);
+                assert_eq!(
+                    report.parameters,
+                    2 * 256 * 64 + 2 * (4 * 64 * 64 + 3 * 172 * 64 + 2 * 64) + 64
+                );
 
                 let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
                 assert_eq!(header_len % 8, 0);
@@ -619,7 +756,10 @@ mod tests {
                 let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
                 let extra = metadata.metadata().as_ref().unwrap();
                 assert_eq!(extra.get("format").map(String::as_str), Some("pt"));
-                assert_eq!(extra.get("generator").map(String::as_str), Some("wstore-synth"));
+                assert_eq!(
+                    extra.get("generator").map(String::as_str),
+                    Some("wstore-synth")
+                );
 
                 let file = SafeTensors::deserialize(&bytes).unwrap();
                 assert_eq!(file.len(), expected_layout.len());
@@ -640,15 +780,24 @@ mod tests {
         // rayon splits the chunks.
         let mut config = tiny_config(first.path(), Dtype::Bf16);
         config.shape = Shape::Small;
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         one.install(|| generate(&config)).unwrap();
 
         config.out = second.path().to_path_buf();
-        let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let four = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
         four.install(|| generate(&config)).unwrap();
 
         for name in ["base.safetensors", "ft1.safetensors", "ft2.safetensors"] {
-            assert!(read(&first.path().join(name)) == read(&second.path().join(name)), "{name} differs");
+            assert!(
+                read(&first.path().join(name)) == read(&second.path().join(name)),
+                "{name} differs"
+            );
         }
     }
 
@@ -661,7 +810,10 @@ mod tests {
         config.out = second.path().to_path_buf();
         config.seed = 8;
         generate(&config).unwrap();
-        assert!(read(&first.path().join("base.safetensors")) != read(&second.path().join("base.safetensors")));
+        assert!(
+            read(&first.path().join("base.safetensors"))
+                != read(&second.path().join("base.safetensors"))
+        );
     }
 
     #[test]
@@ -678,14 +830,30 @@ mod tests {
         let ft2 = SafeTensors::deserialize(&ft2_bytes).unwrap();
 
         for name in ["model.embed_tokens.weight", "lm_head.weight"] {
-            assert!(base.tensor(name).unwrap().data() == ft1.tensor(name).unwrap().data(), "{name} in ft1");
-            assert!(base.tensor(name).unwrap().data() != ft2.tensor(name).unwrap().data(), "{name} in ft2");
+            assert!(
+                base.tensor(name).unwrap().data() == ft1.tensor(name).unwrap().data(),
+                "{name} in ft1"
+            );
+            assert!(
+                base.tensor(name).unwrap().data() != ft2.tensor(name).unwrap().data(),
+                "{name} in ft2"
+            );
         }
         for name in ["model.norm.weight", "model.layers.0.input_layernorm.weight"] {
-            assert!(base.tensor(name).unwrap().data() != ft1.tensor(name).unwrap().data(), "{name} in ft1");
+            assert!(
+                base.tensor(name).unwrap().data() != ft1.tensor(name).unwrap().data(),
+                "{name} in ft1"
+            );
         }
-        assert!(ft1.tensor("model.layers.0.mlp.up_proj.weight").unwrap().data()
-            != ft2.tensor("model.layers.0.mlp.up_proj.weight").unwrap().data());
+        assert!(
+            ft1.tensor("model.layers.0.mlp.up_proj.weight")
+                .unwrap()
+                .data()
+                != ft2
+                    .tensor("model.layers.0.mlp.up_proj.weight")
+                    .unwrap()
+                    .data()
+        );
     }
 
     #[test]
@@ -705,15 +873,28 @@ mod tests {
         let weights = as_f32(base.tensor(name).unwrap().data());
         let count = weights.len() as f64;
         let mean = weights.iter().map(|&v| f64::from(v)).sum::<f64>() / count;
-        let std = (weights.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / count).sqrt();
+        let std = (weights
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / count)
+            .sqrt();
         assert!(mean.abs() < 1e-4, "mean {mean}");
         assert!((std - 0.02).abs() < 2e-4, "std {std}");
 
         let tuned = as_f32(ft1.tensor(name).unwrap().data());
-        let relative = norm(weights.iter().zip(&tuned).map(|(b, t)| t - b)) / norm(weights.iter().copied());
-        assert!((relative - 0.1).abs() < 0.005, "relative delta norm {relative}");
+        let relative =
+            norm(weights.iter().zip(&tuned).map(|(b, t)| t - b)) / norm(weights.iter().copied());
+        assert!(
+            (relative - 0.1).abs() < 0.005,
+            "relative delta norm {relative}"
+        );
 
-        let norms = as_f32(base.tensor("model.layers.1.input_layernorm.weight").unwrap().data());
+        let norms = as_f32(
+            base.tensor("model.layers.1.input_layernorm.weight")
+                .unwrap()
+                .data(),
+        );
         let norm_mean = norms.iter().map(|&v| f64::from(v)).sum::<f64>() / norms.len() as f64;
         assert!((norm_mean - 1.0).abs() < 0.01, "norm mean {norm_mean}");
     }
@@ -723,7 +904,11 @@ mod tests {
         for i in 1..=4096 {
             let value = i as f32 / 4096.0;
             assert!((ln_unit(value) - value.ln()).abs() < 2e-6, "ln {value}");
-            assert!((ln_unit(value * 1e-7) - (value * 1e-7).ln()).abs() < 4e-6, "ln {}", value * 1e-7);
+            assert!(
+                (ln_unit(value * 1e-7) - (value * 1e-7).ln()).abs() < 4e-6,
+                "ln {}",
+                value * 1e-7
+            );
         }
         for i in 0..4096 {
             let turns = i as f32 / 4096.0;
@@ -739,9 +924,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = tiny_config(dir.path(), Dtype::Bf16);
         config.delta_scale = f32::NAN;
-        assert!(matches!(generate(&config), Err(SynthError::InvalidDeltaScale(_))));
+        assert!(matches!(
+            generate(&config),
+            Err(SynthError::InvalidDeltaScale(_))
+        ));
         config.delta_scale = -0.1;
-        assert!(matches!(generate(&config), Err(SynthError::InvalidDeltaScale(_))));
+        assert!(matches!(
+            generate(&config),
+            Err(SynthError::InvalidDeltaScale(_))
+        ));
         config.delta_scale = 0.1;
         config.layers = Some(0);
         assert!(matches!(generate(&config), Err(SynthError::ZeroLayers)));

@@ -59,6 +59,8 @@ pub enum Command {
         /// Do not detect a prefix difference between fine-tune and base names
         #[arg(long)]
         no_align: bool,
+        #[command(flatten)]
+        codec: CodecArgs,
         /// Print the result as JSON
         #[arg(long)]
         json: bool,
@@ -94,6 +96,72 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Codec options of `commit`.
+#[derive(Debug, clap::Args)]
+pub struct CodecArgs {
+    /// Codec for changed tensors: `ultradelta` (lossy within --max-error) or `lossless` (exact)
+    #[arg(long, default_value = "ultradelta", value_parser = ["ultradelta", "lossless"])]
+    pub codec: String,
+    /// UltraDelta: target mean sparsity p in [0, 1) (the published runs use 0.97); with it, the
+    /// published steps run as specified instead of the per-tensor error budget
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// UltraDelta: quantization bits, 1 to 8 [default: 4 with --sparsity, else searched from 2 to 8]
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// UltraDelta: sparsity step between variance bands
+    #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_STEP)]
+    pub step: f64,
+    /// UltraDelta: extra factor on the 1/(1-p) rescale
+    #[arg(long, default_value_t = 1.0)]
+    pub rescale: f64,
+    /// UltraDelta: `grouped` (exact per-level counts, positions stored) or `seeded` (mask from the seed, no positions)
+    #[arg(long, default_value = "grouped", value_parser = ["grouped", "seeded"])]
+    pub mask_mode: String,
+    /// UltraDelta: per-tensor budget on ||W_rec - W_ft|| / ||W_ft||
+    #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_MAX_ERROR)]
+    pub max_error: f64,
+    /// UltraDelta: seed of the random pruning masks
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// UltraDelta: store the commit even when tensors exceed --max-error under explicit settings
+    #[arg(long)]
+    pub accept_error: bool,
+    /// UltraDelta: also compress float tensors whose names match this pattern (`*` and `?`), repeatable
+    #[arg(long, value_name = "PATTERN")]
+    pub lossy_include: Vec<String>,
+    /// UltraDelta: store tensors whose names match this pattern exactly, repeatable
+    #[arg(long, value_name = "PATTERN")]
+    pub lossy_exclude: Vec<String>,
+}
+
+impl CodecArgs {
+    fn to_choice(&self) -> Result<crate::store::CodecChoice, Error> {
+        if self.codec == "lossless" {
+            return Ok(crate::store::CodecChoice::Lossless);
+        }
+        let mask_mode = crate::store::parse_mask_mode(&self.mask_mode).ok_or_else(|| Error::InvalidArgument {
+            what: format!("--mask-mode {}", self.mask_mode),
+            detail: "expected grouped or seeded".into(),
+        })?;
+        let settings = crate::codec::ultradelta::Settings {
+            sparsity: self.sparsity,
+            bits: self.bits,
+            step: self.step,
+            extra_rescale: self.rescale,
+            mask_mode,
+            max_error: self.max_error,
+            seed: self.seed,
+            ..Default::default()
+        };
+        Ok(crate::store::CodecChoice::UltraDelta(crate::store::LossyOptions {
+            settings,
+            accept_error: self.accept_error,
+            policy: crate::store::TensorPolicy { include: self.lossy_include.clone(), exclude: self.lossy_exclude.clone() },
+        }))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,15 +304,17 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 print_bases(&listing.bases);
             }
         }
-        Command::Commit { path, base, name, message, parent, author, map_prefix, no_align, json } => {
+        Command::Commit { path, base, name, message, parent, author, map_prefix, no_align, codec, json } => {
             let store = Store::open(&root)?;
-            let options = CommitOptions { base, name, message, parent, author, map_prefix, no_align };
+            let codec = codec.to_choice()?;
+            let options = CommitOptions { base, name, message, parent, author, map_prefix, no_align, codec };
             let report = store.commit(&path, &options, progress.as_ref())?;
             if json {
                 print_json(&report);
             } else {
                 let label = report.ref_name.clone().unwrap_or_else(|| report.commit.short());
-                println!("committed {} as {} (lossless)", label, report.commit);
+                let kind = if report.lossy.is_some() { "lossy, ultradelta" } else { "lossless" };
+                println!("committed {} as {} ({kind})", label, report.commit);
                 if let Some(map) = &report.name_map {
                     println!(
                         "  names aligned: fine-tune {:?} + x -> base {:?} + x{}",
@@ -262,6 +332,9 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                     report.original_bytes as f64 / report.stored_bytes.max(1) as f64,
                     human_bytes(report.new_bytes)
                 );
+                if let Some(lossy) = &report.lossy {
+                    print_lossy_report(lossy);
+                }
             }
         }
         Command::Checkout { target, output, force, json } => {
@@ -349,6 +422,34 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         }
     }
     Ok(0)
+}
+
+fn print_lossy_report(r: &crate::store::LossyReport) {
+    println!(
+        "  ultradelta ({} mode): {} tensors, {} -> {} ({:.1}x; paper-style {:.1}x), {:.2} bits/parameter, sparsity {:.3}",
+        r.mode,
+        r.tensors,
+        human_bytes(r.original_bytes),
+        human_bytes(r.object_bytes),
+        r.original_bytes as f64 / r.object_bytes.max(1) as f64,
+        r.paper_ratio,
+        r.bits_per_parameter,
+        r.sparsity
+    );
+    println!(
+        "  fidelity: whole-delta relative error {:.3e}, cosine {:.6}; worst tensor {} at {:.3e} (budget {:.1e})",
+        r.delta_rel_error,
+        r.delta_cosine,
+        r.worst_tensor.as_deref().unwrap_or("-"),
+        r.max_rel_error,
+        r.max_error
+    );
+    if r.trace_norm_factor != 1.0 {
+        println!("  trace-norm factor {:.4} (frozen in the objects)", r.trace_norm_factor);
+    }
+    if !r.over_budget.is_empty() {
+        println!("  {} tensors over budget (stored because of --accept-error)", r.over_budget.len());
+    }
 }
 
 fn print_bases(bases: &[crate::store::BaseView]) {

@@ -44,6 +44,8 @@ pub enum Error {
     InvalidArgument { what: String, detail: String },
 
     // ---- codecs
+    #[error("{count} tensors exceed --max-error {max_error:e} with these settings, worst: {worst}; loosen --sparsity or raise --bits, or pass --accept-error to store it anyway")]
+    OverBudget { max_error: f64, worst: String, count: usize },
     #[error("tensor {tensor:?}: {detail}")]
     Codec { tensor: String, detail: String },
 

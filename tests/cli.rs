@@ -66,7 +66,7 @@ fn full_session_round_trips() {
     assert_eq!(report["new_bytes"], 0);
     assert_eq!(report["already_present"], true);
 
-    let output = wstore(&store, &["commit", ft_arg, "--base", "tiny", "--name", "task-a", "-m", "first"]);
+    let output = wstore(&store, &["commit", ft_arg, "--base", "tiny", "--name", "task-a", "-m", "first", "--codec", "lossless"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains("committed task-a"));
 
@@ -128,4 +128,60 @@ fn unknown_ref_exits_2() {
     let output = wstore(&store, &["checkout", "ghost"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("\"ghost\" not found"), "{}", stderr(&output));
+}
+
+#[test]
+fn default_commit_is_lossy_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base_path, ft_path) = wstore::synth::write_tiny_family(dir.path(), 22).unwrap();
+    let store = dir.path().join("store");
+    wstore(&store, &["init"]);
+    wstore(&store, &["base", "add", "tiny", base_path.to_str().unwrap()]);
+
+    let output = wstore(&store, &["commit", ft_path.to_str().unwrap(), "--base", "tiny", "--name", "lossy"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("(lossy, ultradelta)"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("fidelity"));
+
+    let output = wstore(&store, &["ls"]);
+    assert!(stdout(&output).contains("ultradelta*"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("lossy"));
+
+    let output = wstore(&store, &["show", "lossy", "--json"]);
+    let show: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(show["commit"]["lossy"], true);
+    let report = &show["commit"]["codec"]["params"]["report"];
+    assert_eq!(report["mode"], "budget");
+    assert!(report["max_rel_error"].as_f64().unwrap() <= 1e-3);
+    let lossy_tensors = show["tensors"].as_array().unwrap().iter().filter(|t| t["storage"] == "ultradelta").count();
+    assert!(lossy_tensors > 0);
+
+    let out = dir.path().join("lossy.safetensors");
+    let output = wstore(&store, &["checkout", "lossy", "-o", out.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("lossy commit"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("verified"));
+}
+
+#[test]
+fn explicit_settings_over_budget_need_accept_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base_path, ft_path) = wstore::synth::write_tiny_family(dir.path(), 23).unwrap();
+    let store = dir.path().join("store");
+    wstore(&store, &["init"]);
+    wstore(&store, &["base", "add", "tiny", base_path.to_str().unwrap()]);
+    let ft = ft_path.to_str().unwrap();
+
+    let output = wstore(&store, &["commit", ft, "--base", "tiny", "--sparsity", "0.97", "--bits", "4"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("exceed --max-error"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--accept-error"));
+    let listing: serde_json::Value = serde_json::from_slice(&wstore(&store, &["ls", "--json"]).stdout).unwrap();
+    assert_eq!(listing["commits"].as_array().unwrap().len(), 0);
+
+    let output = wstore(&store, &["commit", ft, "--base", "tiny", "--sparsity", "0.97", "--bits", "4", "--accept-error", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["lossy"]["mode"], "explicit");
+    assert!(report["lossy"]["sparsity"].as_f64().unwrap() > 0.9);
 }

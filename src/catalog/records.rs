@@ -159,6 +159,9 @@ pub struct TensorEntry {
     pub storage: TensorStorage,
     /// On-disk bytes of this entry's own object (0 for a reference to the base).
     pub stored_bytes: u64,
+    /// Codec report of a lossy tensor (bits, sparsity, rescale, error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec_stats: Option<serde_json::Value>,
 }
 
 /// How a tensor's bytes are rebuilt.

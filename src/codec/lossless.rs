@@ -192,7 +192,10 @@ pub fn encode(
     zstd_level: i32,
 ) -> Result<Vec<u8>, LosslessError> {
     check_inputs(base, target, elem_size)?;
-    let transform = Transform::XorPlanes;
+    if target.len() <= SAMPLE_BYTES {
+        return encode_smallest(base, target, elem_size, zstd_level);
+    }
+    let transform = choose_transform(base, target, elem_size, zstd_level)?;
     encode_with(base, target, elem_size, zstd_level, transform)
 }
 
@@ -277,6 +280,61 @@ pub fn decode(base: &[u8], payload: &[u8]) -> Result<Vec<u8>, LosslessError> {
 /// Reads and checks the header and chunk table of a payload without decompressing it.
 pub fn inspect(payload: &[u8]) -> Result<PayloadInfo, LosslessError> {
     parse(payload).map(|layout| layout.info)
+}
+
+/// Tensors up to this many bytes are encoded with every transform; larger ones are sampled.
+const SAMPLE_BYTES: usize = 1 << 20;
+
+/// Number of evenly spaced windows, together `SAMPLE_BYTES` long, that [`choose_transform`]
+/// compresses. Several windows keep one unusual region (say, rows of an embedding that the
+/// fine-tune never touched) from deciding for the whole tensor.
+const SAMPLE_WINDOWS: usize = 4;
+
+/// Encodes with every transform and returns the smallest payload; ties go to the earlier one
+/// in [`Transform::ALL`].
+fn encode_smallest(base: &[u8], target: &[u8], elem_size: usize, level: i32) -> Result<Vec<u8>, LosslessError> {
+    let mut best = encode_with(base, target, elem_size, level, Transform::ALL[0])?;
+    for transform in &Transform::ALL[1..] {
+        let payload = encode_with(base, target, elem_size, level, *transform)?;
+        if payload.len() < best.len() {
+            best = payload;
+        }
+    }
+    Ok(best)
+}
+
+/// Picks the transform whose output compresses smallest on `SAMPLE_WINDOWS` element-aligned
+/// windows spread over the tensor, so the choice costs about `SAMPLE_BYTES` of extra
+/// compression per transform, whatever the tensor size. Window positions depend only on the
+/// tensor length, so the choice is deterministic.
+fn choose_transform(base: &[u8], target: &[u8], elem_size: usize, level: i32) -> Result<Transform, LosslessError> {
+    let window = (SAMPLE_BYTES / SAMPLE_WINDOWS / elem_size).max(1) * elem_size;
+    let last_start = target.len().saturating_sub(window) / elem_size;
+    let starts: Vec<usize> = (0..SAMPLE_WINDOWS)
+        .map(|w| last_start * w / (SAMPLE_WINDOWS - 1) * elem_size)
+        .collect();
+
+    let trials: Vec<(Transform, usize)> = Transform::ALL
+        .iter()
+        .flat_map(|t| starts.iter().map(move |s| (*t, *s)))
+        .collect();
+    let sizes: Vec<usize> = trials
+        .par_iter()
+        .map_init(ChunkEncoder::default, |encoder, (transform, start)| {
+            let end = (start + window).min(target.len());
+            let chunk = encoder.encode(0, &base[*start..end], &target[*start..end], elem_size, level, *transform)?;
+            Ok(chunk.body.len())
+        })
+        .collect::<Result<_, LosslessError>>()?;
+
+    let mut best = (Transform::ALL[0], usize::MAX);
+    for (transform, sizes) in Transform::ALL.iter().zip(sizes.chunks(SAMPLE_WINDOWS)) {
+        let total: usize = sizes.iter().sum();
+        if total < best.1 {
+            best = (*transform, total);
+        }
+    }
+    Ok(best.0)
 }
 
 fn check_inputs(base: &[u8], target: &[u8], elem_size: usize) -> Result<(), LosslessError> {
@@ -556,55 +614,82 @@ fn unzigzag<const W: usize>(z: u64) -> u64 {
     (z >> 1) ^ (z & 1).wrapping_neg() & mask::<W>()
 }
 
-/// Delta of one element under a plane transform; the inverse of [`combine`].
-fn delta_of<const W: usize>(transform: Transform, b: u64, t: u64) -> u64 {
-    match transform {
-        Transform::SubPlanes => t.wrapping_sub(b) & mask::<W>(),
-        Transform::OrderedSubPlanes => {
-            zigzag::<W>(to_ordered::<W>(t).wrapping_sub(to_ordered::<W>(b)) & mask::<W>())
-        }
-        _ => t ^ b,
-    }
-}
-
-fn combine<const W: usize>(transform: Transform, b: u64, d: u64) -> u64 {
-    match transform {
-        Transform::SubPlanes => b.wrapping_add(d) & mask::<W>(),
-        Transform::OrderedSubPlanes => {
-            from_ordered::<W>(to_ordered::<W>(b).wrapping_add(unzigzag::<W>(d)) & mask::<W>())
-        }
-        _ => b ^ d,
-    }
-}
-
 fn forward_w<const W: usize>(transform: Transform, base: &[u8], target: &[u8], out: &mut [u8]) {
-    if transform == Transform::Plain {
-        out.copy_from_slice(target);
-        return;
-    }
-    if transform == Transform::Xor {
-        out.iter_mut().zip(base.iter().zip(target)).for_each(|(o, (b, t))| *o = b ^ t);
-        return;
-    }
-    let n = target.len() / W;
-    let elements = base.chunks_exact(W).zip(target.chunks_exact(W)).enumerate();
-    for (i, (b, t)) in elements {
-        let d = delta_of::<W>(transform, load::<W>(b), load::<W>(t)).to_le_bytes();
-        for (j, byte) in d.iter().take(W).enumerate() {
-            out[j * n + i] = *byte;
-        }
+    match transform {
+        Transform::Plain => out.copy_from_slice(target),
+        Transform::Xor => out.iter_mut().zip(base.iter().zip(target)).for_each(|(o, (b, t))| *o = b ^ t),
+        Transform::XorPlanes => split_planes::<W>(base, target, out, |b, t| t ^ b),
+        Transform::SubPlanes => split_planes::<W>(base, target, out, |b, t| t.wrapping_sub(b) & mask::<W>()),
+        Transform::OrderedSubPlanes => split_planes::<W>(base, target, out, |b, t| {
+            zigzag::<W>(to_ordered::<W>(t).wrapping_sub(to_ordered::<W>(b)) & mask::<W>())
+        }),
     }
 }
 
 fn inverse_w<const W: usize>(transform: Transform, base: &[u8], delta: &[u8], out: &mut [u8]) {
-    let n = out.len() / W;
-    for (i, (b, o)) in base.chunks_exact(W).zip(out.chunks_exact_mut(W)).enumerate() {
-        let mut d = [0u8; 8];
-        for (j, byte) in d.iter_mut().take(W).enumerate() {
-            *byte = delta[j * n + i];
+    match transform {
+        Transform::Plain => out.copy_from_slice(delta),
+        Transform::Xor => out.iter_mut().zip(base.iter().zip(delta)).for_each(|(o, (b, d))| *o = b ^ d),
+        Transform::XorPlanes => join_planes::<W>(base, delta, out, |b, d| b ^ d),
+        Transform::SubPlanes => join_planes::<W>(base, delta, out, |b, d| b.wrapping_add(d) & mask::<W>()),
+        Transform::OrderedSubPlanes => join_planes::<W>(base, delta, out, |b, d| {
+            from_ordered::<W>(to_ordered::<W>(b).wrapping_add(unzigzag::<W>(d)) & mask::<W>())
+        }),
+    }
+}
+
+/// Elements per block in the plane loops: the block's deltas sit in a stack array so that each
+/// plane is written or read as one contiguous run.
+const PLANE_BLOCK: usize = 256;
+
+/// Writes `delta(base, target)` of every `W`-byte element into byte planes: byte `j` of element
+/// `i` goes to `out[j * n + i]`, with `n` the element count.
+fn split_planes<const W: usize>(base: &[u8], target: &[u8], out: &mut [u8], delta: impl Fn(u64, u64) -> u64) {
+    let n = target.len() / W;
+    if n == 0 {
+        return;
+    }
+    let mut deltas = [0u64; PLANE_BLOCK];
+    let block_bytes = PLANE_BLOCK * W;
+    for (block, (b, t)) in base.chunks(block_bytes).zip(target.chunks(block_bytes)).enumerate() {
+        let start = block * PLANE_BLOCK;
+        let len = t.len() / W;
+        let elements = b.chunks_exact(W).zip(t.chunks_exact(W));
+        for (d, (b, t)) in deltas.iter_mut().zip(elements) {
+            *d = delta(load::<W>(b), load::<W>(t));
         }
-        let t = combine::<W>(transform, load::<W>(b), u64::from_le_bytes(d));
-        o.copy_from_slice(&t.to_le_bytes()[..W]);
+        for (j, plane) in out.chunks_exact_mut(n).take(W).enumerate() {
+            let run = &mut plane[start..start + len];
+            for (byte, d) in run.iter_mut().zip(&deltas) {
+                *byte = (d >> (8 * j)) as u8;
+            }
+        }
+    }
+}
+
+/// Inverse of [`split_planes`]: gathers each element's delta from the planes and writes
+/// `combine(base, delta)` into `out`.
+fn join_planes<const W: usize>(base: &[u8], delta: &[u8], out: &mut [u8], combine: impl Fn(u64, u64) -> u64) {
+    let n = out.len() / W;
+    if n == 0 {
+        return;
+    }
+    let mut deltas = [0u64; PLANE_BLOCK];
+    let block_bytes = PLANE_BLOCK * W;
+    for (block, (b, o)) in base.chunks(block_bytes).zip(out.chunks_mut(block_bytes)).enumerate() {
+        let start = block * PLANE_BLOCK;
+        let len = o.len() / W;
+        deltas.fill(0);
+        for (j, plane) in delta.chunks_exact(n).take(W).enumerate() {
+            let run = &plane[start..start + len];
+            for (d, byte) in deltas.iter_mut().zip(run) {
+                *d |= u64::from(*byte) << (8 * j);
+            }
+        }
+        for (d, (b, o)) in deltas.iter().zip(b.chunks_exact(W).zip(o.chunks_exact_mut(W))) {
+            let t = combine(load::<W>(b), *d);
+            o.copy_from_slice(&t.to_le_bytes()[..W]);
+        }
     }
 }
 
@@ -774,6 +859,403 @@ mod tests {
                 raw as f64 / encode_secs / 1e6,
                 inspect(&payload).unwrap().transform,
             );
+        }
+    }
+
+    /// Pseudo-random bytes from a seeded ChaCha8 stream.
+    fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut bytes = vec![0u8; len];
+        rng.fill(bytes.as_mut_slice());
+        bytes
+    }
+
+    /// A target that shares most bytes with `base`: every seventh byte is bumped by one.
+    fn nudged(base: &[u8]) -> Vec<u8> {
+        base.iter().enumerate().map(|(i, b)| if i % 7 == 3 { b.wrapping_add(1) } else { *b }).collect()
+    }
+
+    fn assert_round_trip(base: &[u8], target: &[u8], elem_size: usize) {
+        for transform in Transform::ALL {
+            let payload = encode_with(base, target, elem_size, DEFAULT_ZSTD_LEVEL, transform).unwrap();
+            let decoded = decode(base, &payload).unwrap();
+            assert!(decoded == target, "{transform:?}, elem_size {elem_size}, {} bytes", target.len());
+        }
+        let payload = encode(base, target, elem_size, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert!(decode(base, &payload).unwrap() == target, "encode(), elem_size {elem_size}, {} bytes", target.len());
+    }
+
+    /// A valid payload of 3 bf16 elements (6 bytes) and its base, for corrupting one field.
+    fn small_payload(transform: Transform) -> (Vec<u8>, Vec<u8>) {
+        let base = vec![0x10, 0x3c, 0x20, 0xbc, 0x00, 0x00];
+        let target = vec![0x11, 0x3c, 0x20, 0xbc, 0x80, 0x3f];
+        let payload = encode_with(&base, &target, 2, DEFAULT_ZSTD_LEVEL, transform).unwrap();
+        (base, payload)
+    }
+
+    /// A payload of a compressible bf16 fine-tune whose single chunk is zstd-coded.
+    fn zstd_payload() -> (Vec<u8>, Vec<u8>) {
+        let (base, target) = bf16_finetune(4096, 21);
+        let payload = encode_with(&base, &target, 2, DEFAULT_ZSTD_LEVEL, Transform::XorPlanes).unwrap();
+        assert_eq!(inspect(&payload).unwrap().stored_chunks, 0);
+        (base, payload)
+    }
+
+    #[test]
+    fn round_trip_every_elem_size() {
+        for elem_size in 1..=8 {
+            for count in [0usize, 1, 2, 3, 255, 256, 257, 1001] {
+                let base = random_bytes(count * elem_size, (elem_size * 1000 + count) as u64);
+                let target = nudged(&base);
+                assert_round_trip(&base, &target, elem_size);
+                let unrelated = random_bytes(count * elem_size, 7);
+                assert_round_trip(&base, &unrelated, elem_size);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_float_fine_tunes() {
+        for case in realistic_cases(3001) {
+            for transform in Transform::ALL {
+                let payload = encode_with(&case.base, &case.target, case.elem_size, DEFAULT_ZSTD_LEVEL, transform).unwrap();
+                assert!(decode(&case.base, &payload).unwrap() == case.target, "{} with {transform:?}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_special_floats() {
+        let specials: [f32; 8] = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE, -1e-45, f32::MAX];
+        let base: Vec<u8> = specials.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut target: Vec<u8> = specials.iter().rev().flat_map(|v| v.to_le_bytes()).collect();
+        // A NaN with payload bits must come back bit for bit.
+        target[0..4].copy_from_slice(&0x7fc0_1234u32.to_le_bytes());
+        assert_round_trip(&base, &target, 4);
+    }
+
+    #[test]
+    fn round_trip_spans_several_chunks() {
+        // 3-byte elements do not divide CHUNK_BYTES, so chunk edges fall inside no element only
+        // if chunking is element-aligned; the length leaves a short last chunk.
+        let len = (2 * CHUNK_BYTES / 3 + 5) * 3;
+        let base = random_bytes(len, 31);
+        let target = nudged(&base);
+        for transform in [Transform::Xor, Transform::OrderedSubPlanes] {
+            let payload = encode_with(&base, &target, 3, DEFAULT_ZSTD_LEVEL, transform).unwrap();
+            let info = inspect(&payload).unwrap();
+            assert_eq!(info.chunk_elems, (CHUNK_BYTES / 3) as u64);
+            assert_eq!(info.chunk_count, 3);
+            assert!(decode(&base, &payload).unwrap() == target, "{transform:?}");
+        }
+    }
+
+    #[test]
+    fn empty_tensor_round_trip() {
+        for elem_size in 1..=8 {
+            let payload = encode(&[], &[], elem_size, DEFAULT_ZSTD_LEVEL).unwrap();
+            assert_eq!(payload.len(), HEADER_LEN);
+            assert_eq!(decode(&[], &payload).unwrap(), Vec::<u8>::new());
+            let info = inspect(&payload).unwrap();
+            assert_eq!(info.element_count, 0);
+            assert_eq!(info.chunk_count, 0);
+        }
+    }
+
+    #[test]
+    fn inspect_reports_header_fields() {
+        let (base, target) = bf16_finetune(1000, 41);
+        let payload = encode_with(&base, &target, 2, DEFAULT_ZSTD_LEVEL, Transform::SubPlanes).unwrap();
+        let info = inspect(&payload).unwrap();
+        assert_eq!(info.transform, Transform::SubPlanes);
+        assert_eq!(info.elem_size, 2);
+        assert_eq!(info.element_count, 1000);
+        assert_eq!(info.chunk_elems, (CHUNK_BYTES / 2) as u64);
+        assert_eq!(info.chunk_count, 1);
+        assert_eq!(info.stored_chunks, 0);
+        assert_eq!(info.tensor_len(), 2000);
+        assert_eq!(&payload[..4], b"WSLD");
+        assert_eq!(payload[4], FORMAT_VERSION);
+    }
+
+    #[test]
+    fn transform_codes_round_trip() {
+        for (code, transform) in Transform::ALL.iter().enumerate() {
+            assert_eq!(transform.code(), code as u8);
+            assert_eq!(Transform::from_code(code as u8), Some(*transform));
+        }
+        assert_eq!(Transform::from_code(5), None);
+    }
+
+    #[test]
+    fn unchanged_tensor_compresses_to_almost_nothing() {
+        let (base, _) = bf16_finetune(1 << 20, 51);
+        let payload = encode(&base, &base, 2, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert!(payload.len() < 200, "{} bytes for 2 MiB of zero delta", payload.len());
+        assert!(decode(&base, &payload).unwrap() == base);
+    }
+
+    #[test]
+    fn incompressible_chunk_is_stored() {
+        let base = random_bytes(10_000, 61);
+        let target = random_bytes(10_000, 62);
+        let payload = encode_with(&base, &target, 4, DEFAULT_ZSTD_LEVEL, Transform::Plain).unwrap();
+        let info = inspect(&payload).unwrap();
+        assert_eq!(info.stored_chunks, 1);
+        assert_eq!(payload.len(), HEADER_LEN + CHUNK_ENTRY_LEN + 10_000);
+        assert!(decode(&base, &payload).unwrap() == target);
+    }
+
+    #[test]
+    fn encode_picks_a_base_transform_for_fine_tunes() {
+        // Above SAMPLE_BYTES, so the choice comes from the sampled windows.
+        let (base, target) = bf16_finetune(1 << 20, 71);
+        let payload = encode(&base, &target, 2, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert_eq!(inspect(&payload).unwrap().transform, Transform::OrderedSubPlanes);
+        let plain = encode_with(&base, &target, 2, DEFAULT_ZSTD_LEVEL, Transform::Plain).unwrap();
+        assert!(payload.len() < plain.len() * 3 / 4, "{} vs plain {}", payload.len(), plain.len());
+    }
+
+    #[test]
+    fn encode_small_tensor_keeps_smallest() {
+        let (base, target) = bf16_finetune(5000, 81);
+        let payload = encode(&base, &target, 2, DEFAULT_ZSTD_LEVEL).unwrap();
+        let smallest = Transform::ALL
+            .iter()
+            .map(|t| encode_with(&base, &target, 2, DEFAULT_ZSTD_LEVEL, *t).unwrap().len())
+            .min()
+            .unwrap();
+        assert_eq!(payload.len(), smallest);
+    }
+
+    #[test]
+    fn encode_rejects_invalid_inputs() {
+        let four = [0u8; 4];
+        let err = encode(&four, &four, 0, DEFAULT_ZSTD_LEVEL).unwrap_err();
+        assert!(matches!(err, LosslessError::InvalidElemSize { elem_size: 0 }), "{err:?}");
+        let err = encode(&four, &four, 9, DEFAULT_ZSTD_LEVEL).unwrap_err();
+        assert!(matches!(err, LosslessError::InvalidElemSize { elem_size: 9 }), "{err:?}");
+        let err = encode(&four, &[0u8; 6], 2, DEFAULT_ZSTD_LEVEL).unwrap_err();
+        assert!(matches!(err, LosslessError::TargetLengthMismatch { base_len: 4, target_len: 6 }), "{err:?}");
+        let err = encode(&[0u8; 6], &[0u8; 6], 4, DEFAULT_ZSTD_LEVEL).unwrap_err();
+        assert!(matches!(err, LosslessError::UnalignedLength { len: 6, elem_size: 4 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_truncated_payload() {
+        let (base, payload) = zstd_payload();
+        for cut in [0, 3, 4, 10, HEADER_LEN, HEADER_LEN + 2, payload.len() - 1] {
+            let err = decode(&base, &payload[..cut]).unwrap_err();
+            assert!(matches!(err, LosslessError::Truncated { .. }), "cut at {cut}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn decode_rejects_bad_magic() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[0] = b'X';
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::BadMagic { found: [b'X', b'S', b'L', b'D'] }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_unknown_version() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[4] = FORMAT_VERSION + 1;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::UnsupportedVersion { version } if version == FORMAT_VERSION + 1), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_unknown_transform() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[5] = 200;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::UnknownTransform { code: 200 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_reserved_byte() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[7] = 1;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::ReservedByte { value: 1 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_elem_size_mismatch() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[6] = 4;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::ElemSizeMismatch { elem_size: 4, base_len: 6 }), "{err:?}");
+        payload[6] = 0;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::InvalidElemSize { elem_size: 0 }), "{err:?}");
+        payload[6] = 9;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::InvalidElemSize { elem_size: 9 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_base_length_mismatch() {
+        let (base, payload) = small_payload(Transform::XorPlanes);
+        let longer = [base.as_slice(), &[0, 0]].concat();
+        let err = decode(&longer, &payload).unwrap_err();
+        assert!(
+            matches!(err, LosslessError::BaseLengthMismatch { element_count: 3, elem_size: 2, base_len: 8 }),
+            "{err:?}"
+        );
+        let err = decode(&[], &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::BaseLengthMismatch { base_len: 0, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_forged_element_count() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::Truncated { part: "chunk table", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_invalid_chunk_size() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[16..20].copy_from_slice(&0u32.to_le_bytes());
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::InvalidChunkSize { chunk_elems: 0, elem_size: 2 }), "{err:?}");
+        payload[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::InvalidChunkSize { chunk_elems: 0xffff_ffff, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_unknown_chunk_coding() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload[HEADER_LEN] = 7;
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::UnknownChunkCoding { chunk: 0, code: 7 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_trailing_bytes() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        payload.extend_from_slice(&[0, 0, 0]);
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::TrailingBytes { extra: 3 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_stored_chunk_of_wrong_length() {
+        let (base, mut payload) = small_payload(Transform::XorPlanes);
+        // Six delta bytes do not compress, so the chunk is stored; shorten it by one byte.
+        assert_eq!(payload[HEADER_LEN], ChunkCoding::Stored.code());
+        payload[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&5u32.to_le_bytes());
+        payload.pop();
+        let err = decode(&base, &payload).unwrap_err();
+        assert!(matches!(err, LosslessError::ChunkLengthMismatch { chunk: 0, expected: 6, actual: 5 }), "{err:?}");
+    }
+
+    #[test]
+    fn decode_rejects_corrupted_zstd_body() {
+        let (base, payload) = zstd_payload();
+        let body_start = HEADER_LEN + CHUNK_ENTRY_LEN;
+
+        let mut bad_frame_magic = payload.clone();
+        bad_frame_magic[body_start] ^= 0xff;
+        let err = decode(&base, &bad_frame_magic).unwrap_err();
+        assert!(matches!(err, LosslessError::Decompress { chunk: 0, .. }), "{err:?}");
+
+        // Flipping any single byte after the frame header must fail: the frame checksum
+        // catches changes the entropy decoder accepts.
+        for offset in (body_start + 6..payload.len()).step_by(97) {
+            let mut corrupted = payload.clone();
+            corrupted[offset] ^= 0x01;
+            let result = decode(&base, &corrupted);
+            assert!(
+                matches!(result, Err(LosslessError::Decompress { .. }) | Err(LosslessError::ChunkLengthMismatch { .. })),
+                "offset {offset}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_value() {
+        let err = LosslessError::BaseLengthMismatch { element_count: 3, elem_size: 2, base_len: 8 };
+        assert_eq!(
+            err.to_string(),
+            "payload describes 3 elements of 2 bytes but the base is 8 bytes: the delta was made against another base tensor"
+        );
+    }
+
+    #[test]
+    fn encode_is_deterministic_across_thread_counts() {
+        // Three chunks of bf16, so several workers share the job.
+        let (base, target) = bf16_finetune(5 << 20, 91);
+        let default_pool = encode(&base, &target, 2, DEFAULT_ZSTD_LEVEL).unwrap();
+        let again = encode(&base, &target, 2, DEFAULT_ZSTD_LEVEL).unwrap();
+        assert!(default_pool == again, "two runs differ");
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let payload = pool.install(|| encode(&base, &target, 2, DEFAULT_ZSTD_LEVEL).unwrap());
+            assert!(payload == default_pool, "{threads}-thread pool differs from the default pool");
+        }
+        assert_eq!(inspect(&default_pool).unwrap().chunk_count, 3);
+        assert!(decode(&base, &default_pool).unwrap() == target);
+    }
+
+    /// (elem_size, base, target) with a target that is either related to the base or random.
+    fn tensor_pair() -> impl Strategy<Value = (usize, Vec<u8>, Vec<u8>)> {
+        (1usize..=8, 0usize..300, any::<bool>()).prop_flat_map(|(elem_size, count, related)| {
+            let len = elem_size * count;
+            (
+                Just(elem_size),
+                proptest::collection::vec(any::<u8>(), len),
+                proptest::collection::vec(any::<u8>(), len),
+                proptest::collection::vec(any::<bool>(), len),
+            )
+                .prop_map(move |(elem_size, base, noise, keep)| {
+                    let target = if related {
+                        base.iter().zip(&noise).zip(&keep).map(|((b, n), k)| if *k { *b } else { *n }).collect()
+                    } else {
+                        noise
+                    };
+                    (elem_size, base, target)
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn prop_round_trip((elem_size, base, target) in tensor_pair(), transform_index in 0usize..5) {
+            let transform = Transform::ALL[transform_index];
+            let payload = encode_with(&base, &target, elem_size, DEFAULT_ZSTD_LEVEL, transform).unwrap();
+            prop_assert_eq!(decode(&base, &payload).unwrap(), target.clone());
+            let payload = encode(&base, &target, elem_size, DEFAULT_ZSTD_LEVEL).unwrap();
+            prop_assert_eq!(decode(&base, &payload).unwrap(), target);
+        }
+
+        #[test]
+        fn prop_decode_never_panics_on_arbitrary_bytes(payload in proptest::collection::vec(any::<u8>(), 0..200), base_len in 0usize..64) {
+            let base = vec![0u8; base_len];
+            let _ = decode(&base, &payload);
+            let _ = inspect(&payload);
+        }
+
+        #[test]
+        fn prop_decode_never_panics_on_mutated_payload(
+            (elem_size, base, target) in tensor_pair(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut payload = encode(&base, &target, elem_size, DEFAULT_ZSTD_LEVEL).unwrap();
+            for (position, value) in flips {
+                let index = position % payload.len();
+                payload[index] = value;
+            }
+            if let Ok(decoded) = decode(&base, &payload) {
+                prop_assert_eq!(decoded.len(), base.len());
+            }
         }
     }
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::{Store, Target};
 use crate::catalog::{FileEntry, Layout, SafetensorsFile, Snapshot, TensorEntry, TensorStorage};
-use crate::codec::lossless;
+use crate::codec::{lossless, ultradelta};
+use crate::format::safetensors::Dtype;
 use crate::durable::{write_durably, DurableFile, Publish};
 use crate::error::Error;
 use crate::id::ObjectId;
@@ -111,15 +112,18 @@ impl Store {
         }
     }
 
-    fn write_safetensors(&self, st: &SafetensorsFile, path: &Path, progress: &dyn Progress) -> Result<ObjectId, Error> {
-        let mut out = DurableFile::create(path).map_err(|e| Error::io("create", path, e))?;
+    /// Rebuilds a safetensors file in order, handing each piece to `sink`, and returns the
+    /// BLAKE3 of the whole. Tensors are rebuilt a window at a time in parallel and passed on
+    /// in file order, so memory stays within (threads × largest tensor).
+    fn stream_safetensors(
+        &self,
+        st: &SafetensorsFile,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<ObjectId, Error> {
         let mut hasher = blake3::Hasher::new();
         let header = self.objects.get(&st.header_object)?;
-        out.write_all(&header).map_err(|e| Error::io("write", path, e))?;
+        sink(&header)?;
         hasher.update(&header);
-
-        // Rebuild a window of tensors in parallel, then write them in file order, so memory
-        // stays within (threads × largest tensor).
         let window = rayon::current_num_threads().max(1);
         for chunk in st.tensors.chunks(window) {
             let rebuilt = chunk
@@ -127,13 +131,33 @@ impl Store {
                 .map(|entry| self.rebuild_tensor(entry))
                 .collect::<Result<Vec<_>, Error>>()?;
             for bytes in rebuilt {
-                out.write_all(&bytes).map_err(|e| Error::io("write", path, e))?;
+                sink(&bytes)?;
                 hasher.update(&bytes);
-                progress.advance(bytes.len() as u64);
             }
         }
+        Ok(ObjectId::from_bytes(*hasher.finalize().as_bytes()))
+    }
 
-        let actual = ObjectId::from_bytes(*hasher.finalize().as_bytes());
+    /// Sets each lossy safetensors file's hash to that of its reconstruction, which is what a
+    /// checkout writes and verifies.
+    pub(crate) fn record_rebuilt_file_hashes(&self, snapshot: &mut Snapshot) -> Result<(), Error> {
+        for file in &mut snapshot.files {
+            if let FileEntry::Safetensors(st) = file {
+                if st.tensors.iter().any(|t| matches!(t.storage, TensorStorage::UltraDelta { .. })) {
+                    st.file_hash = self.stream_safetensors(st, &mut |_| Ok(()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_safetensors(&self, st: &SafetensorsFile, path: &Path, progress: &dyn Progress) -> Result<ObjectId, Error> {
+        let mut out = DurableFile::create(path).map_err(|e| Error::io("create", path, e))?;
+        let actual = self.stream_safetensors(st, &mut |bytes| {
+            out.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
+            progress.advance(bytes.len() as u64);
+            Ok(())
+        })?;
         if actual != st.file_hash {
             return Err(Error::VerificationFailed { what: format!("file {}", st.path), expected: st.file_hash, actual });
         }
@@ -150,11 +174,12 @@ impl Store {
                 let payload = self.objects.get(object)?;
                 lossless::decode(&base, &payload).map_err(|e| Error::CorruptObject { id: *object, detail: e.to_string() })?
             }
-            TensorStorage::UltraDelta { object, .. } => {
-                return Err(Error::Codec {
-                    tensor: entry.name.clone(),
-                    detail: format!("object {} needs the UltraDelta codec, which this build cannot decode", object.short()),
-                })
+            TensorStorage::UltraDelta { base_object, object, .. } => {
+                let base = self.objects.get(base_object)?;
+                let payload = self.objects.get(object)?;
+                let dtype = Dtype::parse(&entry.dtype);
+                ultradelta::reconstruct(&base, &dtype, &payload)
+                    .map_err(|e| Error::CorruptObject { id: *object, detail: e.to_string() })?
             }
         };
         let actual = ObjectId::of_large(&bytes);

@@ -26,6 +26,7 @@ use crate::format::object::ObjectKind;
 use crate::format::safetensors::TensorInfo;
 use crate::id::ObjectId;
 use crate::progress::Progress;
+use super::lossy::{LossyOptions, LossyReport, LossyTensor};
 
 /// What `commit` needs besides the input path.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,17 @@ pub struct CommitOptions {
     pub map_prefix: Option<String>,
     /// Skip prefix detection (names must match as they are).
     pub no_align: bool,
+    pub codec: CodecChoice,
+}
+
+/// How changed tensors are stored.
+#[derive(Debug, Clone, Default)]
+pub enum CodecChoice {
+    /// Exact bit-pattern deltas: a checkout is byte-identical to the input.
+    #[default]
+    Lossless,
+    /// UltraDelta for the tensors its policy selects, exact deltas for the rest.
+    UltraDelta(LossyOptions),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +80,17 @@ pub struct CommitReport {
     pub name_map: Option<PrefixMap>,
     /// Number of tensors by storage kind.
     pub tensors_by_kind: std::collections::BTreeMap<String, usize>,
+    /// What the lossy codec did, for UltraDelta commits.
+    pub lossy: Option<LossyReport>,
+}
+
+/// How one tensor was stored: its storage, on-disk bytes, the BLAKE3 a checkout must
+/// reproduce, and codec statistics for lossy tensors.
+pub(crate) struct StoredTensor {
+    storage: TensorStorage,
+    stored_bytes: u64,
+    hash: ObjectId,
+    codec_stats: Option<serde_json::Value>,
 }
 
 /// Counts bytes of objects this call created.
@@ -110,11 +133,15 @@ impl Store {
 
         let tally = WriteTally::default();
         progress.start("adding base", checkpoint.total_bytes());
-        let snapshot = self.store_snapshot(&checkpoint, &tally, progress, |info, bytes, hash| {
+        let snapshot = self.store_snapshot(&checkpoint, &tally, progress, |_info, bytes, hash| {
             let stored = self.objects.put_with_id(hash, ObjectKind::Raw, bytes)?;
             tally.record(&stored);
-            let _ = info;
-            Ok((TensorStorage::Whole { object: hash }, stored.stored_bytes))
+            Ok(StoredTensor {
+                storage: TensorStorage::Whole { object: hash },
+                stored_bytes: stored.stored_bytes,
+                hash,
+                codec_stats: None,
+            })
         })?;
         progress.finish();
 
@@ -176,13 +203,48 @@ impl Store {
             return Err(Error::NoSharedTensors { path: path.to_path_buf(), base: options.base.clone() });
         }
 
+        let matching_base = |info: &TensorInfo| {
+            lookup(&info.name).filter(|b| b.dtype == info.dtype.as_str() && b.shape == info.shape)
+        };
+
+        // Lossy tensors are encoded first: explicit settings allocate sparsity across all of them.
+        let (lossy, lossy_report) = match &options.codec {
+            CodecChoice::Lossless => (HashMap::new(), None),
+            CodecChoice::UltraDelta(lossy_options) => {
+                let family = self.family_trace_norms(&base_id)?;
+                let (lossy, report) = self.encode_lossy(&checkpoint, &matching_base, lossy_options, &family)?;
+                if let Some(report) = &report {
+                    if report.mode == "explicit" && !report.over_budget.is_empty() && !lossy_options.accept_error {
+                        return Err(Error::OverBudget {
+                            max_error: report.max_error,
+                            worst: report
+                                .over_budget
+                                .iter()
+                                .take(5)
+                                .map(|(name, error)| format!("{name} ({error:.2e})"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            count: report.over_budget.len(),
+                        });
+                    }
+                }
+                (lossy, report)
+            }
+        };
+
         let tally = WriteTally::default();
         progress.start("committing", checkpoint.total_bytes());
-        let snapshot = self.store_snapshot(&checkpoint, &tally, progress, |info, bytes, hash| {
-            let base_entry = lookup(&info.name).filter(|b| b.dtype == info.dtype.as_str() && b.shape == info.shape);
-            self.store_finetune_tensor(info, bytes, hash, base_entry, &tally)
+        let mut snapshot = self.store_snapshot(&checkpoint, &tally, progress, |info, bytes, hash| {
+            let base_entry = matching_base(info);
+            match (lossy.get(&info.name), base_entry) {
+                (Some(encoded), Some(base_entry)) => self.store_lossy_tensor(encoded, base_entry, &tally),
+                _ => self.store_finetune_tensor(info, bytes, hash, base_entry, &tally),
+            }
         })?;
         progress.finish();
+        if !lossy.is_empty() {
+            self.record_rebuilt_file_hashes(&mut snapshot)?;
+        }
 
         let base_objects: HashSet<ObjectId> = snapshot_objects(&base.snapshot);
         let stored_bytes = self.distinct_stored_bytes(&snapshot, &base_objects)?;
@@ -193,11 +255,7 @@ impl Store {
             message: options.message.clone(),
             author: author(options),
             time: now_secs(),
-            codec: CodecInfo {
-                name: "lossless".into(),
-                lossy: false,
-                params: serde_json::json!({ "transform": "per-tensor best of lossless::Transform", "zstd_level": lossless::DEFAULT_ZSTD_LEVEL }),
-            },
+            codec: codec_info(&options.codec, lossy_report.as_ref(), !lossy.is_empty()),
             source_id: checkpoint.content_id(),
             name_map: name_map.clone(),
             original_bytes: checkpoint.total_bytes(),
@@ -221,6 +279,40 @@ impl Store {
             new_bytes: tally.new_bytes.load(Ordering::Relaxed),
             name_map,
             tensors_by_kind,
+            lossy: lossy_report,
+        })
+    }
+
+    /// Trace norms recorded by earlier UltraDelta commits (explicit settings) on `base`.
+    fn family_trace_norms(&self, base: &ObjectId) -> Result<Vec<f64>, Error> {
+        let mut norms = Vec::new();
+        for id in self.catalog.commits_of_base(base)? {
+            if let Some(commit) = self.catalog.get_commit(&id)? {
+                if let Some(norm) = commit.codec.params.pointer("/report/trace_norm").and_then(|v| v.as_f64()) {
+                    norms.push(norm);
+                }
+            }
+        }
+        Ok(norms)
+    }
+
+    fn store_lossy_tensor(
+        &self,
+        encoded: &LossyTensor,
+        base_entry: &TensorEntry,
+        tally: &WriteTally,
+    ) -> Result<StoredTensor, Error> {
+        let stored = self.objects.put(ObjectKind::UltraDelta, &encoded.payload)?;
+        tally.record(&stored);
+        Ok(StoredTensor {
+            storage: TensorStorage::UltraDelta {
+                base_name: base_entry.name.clone(),
+                base_object: base_entry.hash,
+                object: stored.id,
+            },
+            stored_bytes: stored.stored_bytes,
+            hash: encoded.rebuilt_hash,
+            codec_stats: serde_json::to_value(&encoded.stats).ok(),
         })
     }
 
@@ -260,7 +352,7 @@ impl Store {
         store_tensor: F,
     ) -> Result<Snapshot, Error>
     where
-        F: Fn(&TensorInfo, &[u8], ObjectId) -> Result<(TensorStorage, u64), Error> + Sync,
+        F: Fn(&TensorInfo, &[u8], ObjectId) -> Result<StoredTensor, Error> + Sync,
     {
         let mut files = Vec::with_capacity(checkpoint.files.len());
         for file in &checkpoint.files {
@@ -286,7 +378,7 @@ impl Store {
         store_tensor: &F,
     ) -> Result<SafetensorsFile, Error>
     where
-        F: Fn(&TensorInfo, &[u8], ObjectId) -> Result<(TensorStorage, u64), Error> + Sync,
+        F: Fn(&TensorInfo, &[u8], ObjectId) -> Result<StoredTensor, Error> + Sync,
     {
         let bytes = file.data.bytes();
         let header = file.header.as_ref().ok_or_else(|| Error::InvalidArgument {
@@ -305,18 +397,19 @@ impl Store {
                 let start = data_start + info.start as usize;
                 let tensor_bytes = &bytes[start..data_start + info.end as usize];
                 let hash = ObjectId::of_large(tensor_bytes);
-                let (storage, stored_bytes) = store_tensor(info, tensor_bytes, hash)?;
+                let stored = store_tensor(info, tensor_bytes, hash)?;
                 progress.advance(tensor_bytes.len() as u64);
-                tracing::trace!(tensor = %info.name, kind = storage.kind_name(), stored_bytes, "tensor stored");
+                tracing::trace!(tensor = %info.name, kind = stored.storage.kind_name(), stored.stored_bytes, "tensor stored");
                 Ok(TensorEntry {
                     name: info.name.clone(),
                     dtype: info.dtype.as_str().to_string(),
                     shape: info.shape.clone(),
                     start: info.start,
                     len: info.end - info.start,
-                    hash,
-                    storage,
-                    stored_bytes,
+                    hash: stored.hash,
+                    storage: stored.storage,
+                    stored_bytes: stored.stored_bytes,
+                    codec_stats: stored.codec_stats,
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -338,14 +431,15 @@ impl Store {
         hash: ObjectId,
         base_entry: Option<&TensorEntry>,
         tally: &WriteTally,
-    ) -> Result<(TensorStorage, u64), Error> {
+    ) -> Result<StoredTensor, Error> {
+        let exact = |storage, stored_bytes| StoredTensor { storage, stored_bytes, hash, codec_stats: None };
         let Some(base_entry) = base_entry else {
             let stored = self.objects.put_with_id(hash, ObjectKind::Raw, bytes)?;
             tally.record(&stored);
-            return Ok((TensorStorage::Whole { object: hash }, stored.stored_bytes));
+            return Ok(exact(TensorStorage::Whole { object: hash }, stored.stored_bytes));
         };
         if base_entry.hash == hash {
-            return Ok((TensorStorage::SameAsBase { base_name: base_entry.name.clone(), object: hash }, 0));
+            return Ok(exact(TensorStorage::SameAsBase { base_name: base_entry.name.clone(), object: hash }, 0));
         }
         let base_bytes = self.objects.get(&base_entry.hash)?;
         let elem_size = info.dtype.bits().filter(|b| b % 8 == 0 && *b <= 64 && *b > 0).map(|b| (b / 8) as usize).unwrap_or(1);
@@ -353,7 +447,7 @@ impl Store {
             .map_err(|e| Error::Codec { tensor: info.name.clone(), detail: e.to_string() })?;
         let stored = self.objects.put(ObjectKind::LosslessDelta, &payload)?;
         tally.record(&stored);
-        Ok((
+        Ok(exact(
             TensorStorage::LosslessDelta { base_name: base_entry.name.clone(), base_object: base_entry.hash, object: stored.id },
             stored.stored_bytes,
         ))
@@ -405,6 +499,38 @@ pub(crate) fn snapshot_objects(snapshot: &Snapshot) -> HashSet<ObjectId> {
         ids.extend(tensor.storage.objects());
     }
     ids
+}
+
+/// The codec record of a commit: name, whether any tensor is lossy, and its parameters.
+fn codec_info(choice: &CodecChoice, report: Option<&LossyReport>, any_lossy: bool) -> CodecInfo {
+    match choice {
+        CodecChoice::Lossless => CodecInfo {
+            name: "lossless".into(),
+            lossy: false,
+            params: serde_json::json!({ "zstd_level": lossless::DEFAULT_ZSTD_LEVEL }),
+        },
+        CodecChoice::UltraDelta(options) => {
+            let s = &options.settings;
+            CodecInfo {
+                name: "ultradelta".into(),
+                lossy: any_lossy,
+                params: serde_json::json!({
+                    "sparsity": s.sparsity,
+                    "bits": s.bits,
+                    "step": s.step,
+                    "extra_rescale": s.extra_rescale,
+                    "mask_mode": s.mask_mode,
+                    "max_error": s.max_error,
+                    "seed": s.seed,
+                    "value_coding": format!("{:?}", s.value_coding),
+                    "accept_error": options.accept_error,
+                    "include": options.policy.include,
+                    "exclude": options.policy.exclude,
+                    "report": report,
+                }),
+            }
+        }
+    }
 }
 
 fn author(options: &CommitOptions) -> String {

@@ -2,13 +2,15 @@
 
 mod checkout;
 mod commit;
+mod lossy;
 mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use checkout::{CheckoutOptions, CheckoutReport};
-pub use commit::{BaseReport, CommitOptions, CommitReport};
+pub use commit::{BaseReport, CodecChoice, CommitOptions, CommitReport};
+pub use lossy::{glob_match, parse_mask_mode, LossyOptions, LossyReport, TensorPolicy, MIN_LOSSY_ELEMENTS};
 pub use views::{BaseView, CommitView, Details, FileView, LogEntry, StoreListing, TensorView};
 
 use crate::catalog::{Catalog, CatalogError};
@@ -52,8 +54,15 @@ impl Store {
         if !root.join(OBJECTS_DIR).is_dir() {
             return Err(Error::StoreMissing { path: root.to_path_buf() });
         }
+        // The catalog's lock comes first: with it held no other wstore process writes here,
+        // so leftover temp files are from a crash and safe to delete.
+        let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
         let storage = FsStorage::open(&root.join(OBJECTS_DIR))?;
-        Self::open_with_storage(root, Arc::new(storage))
+        let removed = storage.remove_stale_temps()?;
+        if removed > 0 {
+            tracing::warn!(removed, store = %root.display(), "removed temp files left by an interrupted write");
+        }
+        Ok(Store { root: root.to_path_buf(), catalog, objects: ObjectStore::new(Arc::new(storage)) })
     }
 
     /// Opens the catalog at `root` over a given object storage (tests inject faults here).

@@ -27,7 +27,7 @@ pub(crate) struct Allocation {
 ///
 /// Tensors are sorted by standard deviation, ascending (ties keep input order), and walked while
 /// accumulating element counts. A tensor whose running total, itself included, is at most a
-/// third of all elements is `Low`; at most two thirds is `Mid`; the rest is `High`. The last
+/// third of all elements is `Low`. Up to two thirds it is `Mid`, and beyond that `High`. The last
 /// tensor always ends at the full count, so `High` is never empty. The high rate is
 /// `r = (p*N - p*N_mid - (p+s)*N_low) / N_high`, clamped to `[0, 0.99]`, and `p + s` is
 /// clamped to `[0, 1]`.
@@ -97,11 +97,12 @@ mod tests {
 
     #[test]
     fn straddling_tensor_goes_to_next_band() {
-        // Running totals 40, 100 of N = 100: the first tensor is within N/3 (Low), the second
-        // ends past 2N/3 (High). r = (0.5*100 - 0 - 0.6*40) / 60 = 26/60.
-        let alloc = allocate(&[1.0, 2.0], &[40, 60], 0.5, 0.1);
+        // Running totals 30, 100 of N = 100: the first tensor ends within N/3 (Low). The second
+        // spans the whole middle third but ends past 2N/3, so it is High and Mid is empty.
+        // r = (0.5*100 - 0 - 0.6*30) / 70 = 32/70.
+        let alloc = allocate(&[1.0, 2.0], &[30, 70], 0.5, 0.1);
         assert_eq!(alloc.bands, vec![Band::Low, Band::High]);
-        assert!((alloc.high_rate - 26.0 / 60.0).abs() < 1e-12);
+        assert!((alloc.high_rate - 32.0 / 70.0).abs() < 1e-12);
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl ValueCoding {
     }
 }
 
-/// zstd level used when zstd codes the values; measured against rANS in the module docs of `mod.rs`.
+/// zstd level used when zstd codes the values; the module docs of `mod.rs` compare it with rANS.
 pub(crate) const ZSTD_LEVEL: i32 = 19;
 
 pub(crate) fn encode(coding: ValueCoding, codes: &[u8]) -> Vec<u8> {

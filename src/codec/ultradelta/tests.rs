@@ -41,6 +41,15 @@ impl Family {
         family
     }
 
+    /// Rounds every value to bf16, as tensors read from a bf16 checkpoint are.
+    fn rounded_to_bf16(mut self) -> Self {
+        for values in self.bases.iter_mut().chain(self.finetuned.iter_mut()) {
+            let bytes = values_to_bytes(values, &Dtype::BF16).unwrap();
+            *values = values_from_bytes(&bytes, &Dtype::BF16).unwrap();
+        }
+        self
+    }
+
     fn tensors(&self) -> Vec<TensorDelta<'_>> {
         (0..self.names.len())
             .map(|i| TensorDelta {
@@ -104,7 +113,7 @@ fn grouped_commit_keeps_exact_level_counts() {
 
 #[test]
 fn budget_mode_keeps_tensors_within_max_error() {
-    let family = Family::new(&[(64, 64), (16, 256), (100, 10)], 5);
+    let family = Family::new(&[(64, 64), (16, 256), (100, 10)], 5).rounded_to_bf16();
     for max_error in [1e-2, 3e-3, 1e-3] {
         let settings = Settings { max_error, ..Settings::default() };
         let commit = encode_commit(&family.tensors(), &vec![Dtype::BF16; 3], &settings, 1.0).unwrap();
@@ -320,11 +329,11 @@ fn flipped_byte_fails_checksum() {
 }
 
 /// Prints section sizes of every storage choice on synthetic Laplace deltas. Run with
-/// `cargo test --release --lib codec::ultradelta::tests::measure -- --ignored --nocapture`.
+/// `cargo test --lib codec::ultradelta::tests::measure -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn measure_storage_choices() {
-    let (rows, cols) = (4096u64, 1024u64);
+    let (rows, cols) = (2048u64, 1024u64);
     let (base, finetuned) = synthetic((rows * cols) as usize, 1e-3, 21);
     let numel = rows * cols;
     println!("| p | bits | mode | kept | values rANS | values zstd-19 | order-0 entropy | rice | elias-fano | object | rel error | delta cos |");
@@ -364,5 +373,35 @@ fn measure_storage_choices() {
                 }
             }
         }
+    }
+}
+
+/// Prints encode and decode wall times for one 4096 x 4096 tensor in each mode. Run with
+/// `cargo test --lib codec::ultradelta::tests::time -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn time_large_tensor() {
+    let family = Family::new(&[(4096, 4096)], 31).rounded_to_bf16();
+    let tensors = family.tensors();
+    for (label, settings) in [
+        ("seeded p=0.97 b=4", explicit(0.97, 4, MaskMode::Seeded)),
+        ("grouped p=0.97 b=4", explicit(0.97, 4, MaskMode::Grouped)),
+        ("budget 1e-2", Settings { max_error: 1e-2, ..Settings::default() }),
+    ] {
+        let start = std::time::Instant::now();
+        let commit = encode_commit(&tensors, &[Dtype::BF16], &settings, 1.0).unwrap();
+        let encoded = start.elapsed();
+        let start = std::time::Instant::now();
+        let delta = decode_delta(&commit.objects[0]).unwrap();
+        let decoded = start.elapsed();
+        println!(
+            "{label}: encode {encoded:.2?}, decode {decoded:.2?}, {} bytes, sparsity {:.3}, bits {}, rel error {:.2e}, {} threads",
+            commit.objects[0].len(),
+            commit.stats[0].target_sparsity,
+            commit.stats[0].bits,
+            commit.stats[0].rel_error,
+            rayon::current_num_threads()
+        );
+        assert_eq!(delta.len(), 4096 * 4096);
     }
 }
