@@ -117,8 +117,8 @@ pub struct CodecArgs {
     /// UltraDelta: extra factor on the 1/(1-p) rescale
     #[arg(long, default_value_t = 1.0)]
     pub rescale: f64,
-    /// UltraDelta: `grouped` (exact per-level counts, positions stored) or `seeded` (mask from the seed, no positions)
-    #[arg(long, default_value = "grouped", value_parser = ["grouped", "seeded"])]
+    /// UltraDelta: `seeded` (mask drawn from the seed, no positions stored; smaller) or `grouped` (exact per-level counts, positions stored)
+    #[arg(long, default_value = "seeded", value_parser = ["grouped", "seeded"])]
     pub mask_mode: String,
     /// UltraDelta: per-tensor budget on ||W_rec - W_ft|| / ||W_ft||
     #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_MAX_ERROR)]

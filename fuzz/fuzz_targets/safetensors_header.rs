@@ -16,20 +16,34 @@ fuzz_target!(|file: &[u8]| {
     assert_eq!(header.data_start() + header.data_len(), file.len() as u64);
     let mut covered_to = 0;
     for tensor in header.by_offset() {
-        assert_eq!(tensor.start, covered_to, "tensor {:?} does not tile", tensor.name);
+        assert_eq!(
+            tensor.start, covered_to,
+            "tensor {:?} does not tile",
+            tensor.name
+        );
         assert!(tensor.numel().is_some());
         covered_to = tensor.end;
     }
     assert_eq!(covered_to, header.data_len());
 
     // Other dtypes have no known size, so write_header rejects them.
-    if header.tensors.iter().any(|tensor| tensor.dtype.bits().is_none()) {
+    if header
+        .tensors
+        .iter()
+        .any(|tensor| tensor.dtype.bits().is_none())
+    {
         return;
     }
     let in_file_order: Vec<_> = header
         .by_offset()
         .into_iter()
-        .map(|tensor| (tensor.name.clone(), tensor.dtype.clone(), tensor.shape.clone()))
+        .map(|tensor| {
+            (
+                tensor.name.clone(),
+                tensor.dtype.clone(),
+                tensor.shape.clone(),
+            )
+        })
         .collect();
     let (mut rewritten, _) = write_header(&in_file_order, header.metadata.as_deref())
         .expect("a parsed header must be writable");

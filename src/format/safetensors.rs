@@ -255,7 +255,9 @@ impl Header {
 /// A header that fails to parse or validate, or a tensor list that cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SafetensorsError {
-    #[error("file is {len} bytes, shorter than the 8-byte header length prefix of a safetensors file")]
+    #[error(
+        "file is {len} bytes, shorter than the 8-byte header length prefix of a safetensors file"
+    )]
     FileTooShort { len: u64 },
 
     #[error("header length {header_len} exceeds the maximum of {max} bytes; the file is corrupt or not a safetensors file")]
@@ -267,7 +269,9 @@ pub enum SafetensorsError {
     #[error("header is not valid UTF-8 at file offset {offset}")]
     HeaderNotUtf8 { offset: u64 },
 
-    #[error("header starts with {first:?} instead of '{{'; a safetensors header must be a JSON object")]
+    #[error(
+        "header starts with {first:?} instead of '{{'; a safetensors header must be a JSON object"
+    )]
     HeaderNotObject { first: char },
 
     #[error("header is not valid JSON: {reason}")]
@@ -311,7 +315,9 @@ pub enum SafetensorsError {
         found: String,
     },
 
-    #[error("tensor {tensor:?} of dtype {dtype} and shape {shape:?} has a byte size that overflows u64")]
+    #[error(
+        "tensor {tensor:?} of dtype {dtype} and shape {shape:?} has a byte size that overflows u64"
+    )]
     SizeOverflow {
         tensor: String,
         dtype: String,
@@ -319,7 +325,11 @@ pub enum SafetensorsError {
     },
 
     #[error("tensor {tensor:?} has data_offsets [{start}, {end}] whose start is after its end")]
-    StartAfterEnd { tensor: String, start: u64, end: u64 },
+    StartAfterEnd {
+        tensor: String,
+        start: u64,
+        end: u64,
+    },
 
     #[error("tensor {tensor:?} of dtype {dtype} and shape {shape:?} takes {expected} bytes, but its data_offsets [{start}, {end}] span {} bytes", .end.saturating_sub(*.start))]
     LengthMismatch {
@@ -332,7 +342,11 @@ pub enum SafetensorsError {
     },
 
     #[error("tensor {tensor:?} starts at data offset {start}, leaving bytes {expected}..{start} of the data section unclaimed; tensors must cover it from offset 0 without gaps")]
-    OffsetGap { tensor: String, start: u64, expected: u64 },
+    OffsetGap {
+        tensor: String,
+        start: u64,
+        expected: u64,
+    },
 
     #[error("tensor {tensor:?} starts at data offset {start}, inside tensor {previous:?}, which ends at {expected}")]
     OffsetOverlap {
@@ -448,13 +462,16 @@ fn lay_out(tensors: &[(String, Dtype, Vec<u64>)]) -> Result<Vec<TensorInfo>, Saf
         if !names.insert(name.as_str()) {
             return Err(SafetensorsError::DuplicateTensorName { name: name.clone() });
         }
-        let len = byte_length(name, dtype, shape)?.ok_or_else(|| SafetensorsError::UnsizedDtype {
-            tensor: name.clone(),
-            dtype: dtype.as_str().to_owned(),
-        })?;
+        let len =
+            byte_length(name, dtype, shape)?.ok_or_else(|| SafetensorsError::UnsizedDtype {
+                tensor: name.clone(),
+                dtype: dtype.as_str().to_owned(),
+            })?;
         let end = offset
             .checked_add(len)
-            .ok_or_else(|| SafetensorsError::DataOverflow { tensor: name.clone() })?;
+            .ok_or_else(|| SafetensorsError::DataOverflow {
+                tensor: name.clone(),
+            })?;
         infos.push(TensorInfo {
             name: name.clone(),
             dtype: dtype.clone(),
@@ -515,7 +532,9 @@ fn element_count(shape: &[u64]) -> Option<u64> {
     if shape.contains(&0) {
         return Some(0);
     }
-    shape.iter().try_fold(1u64, |count, &dim| count.checked_mul(dim))
+    shape
+        .iter()
+        .try_fold(1u64, |count, &dim| count.checked_mul(dim))
 }
 
 /// Returns the bytes a tensor of `dtype` and `shape` takes, rounded up to whole bytes for
@@ -541,7 +560,11 @@ fn byte_length(name: &str, dtype: &Dtype, shape: &[u64]) -> Result<Option<u64>, 
 }
 
 /// Checks the parsed entries against each other and against the data section length.
-fn validate(raw: json::RawHeader, header_len: u64, data_len: u64) -> Result<Header, SafetensorsError> {
+fn validate(
+    raw: json::RawHeader,
+    header_len: u64,
+    data_len: u64,
+) -> Result<Header, SafetensorsError> {
     for tensor in &raw.tensors {
         check_range(tensor)?;
     }
@@ -653,15 +676,19 @@ mod json {
 
         let slot = RefCell::new(None);
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        let parsed = HeaderVisitor { problem: Problem(&slot) }
-            .deserialize(&mut deserializer)
-            .and_then(|raw| deserializer.end().map(|()| raw));
+        let parsed = HeaderVisitor {
+            problem: Problem(&slot),
+        }
+        .deserialize(&mut deserializer)
+        .and_then(|raw| deserializer.end().map(|()| raw));
         let raw = match parsed {
             Ok(raw) => raw,
             Err(err) => {
-                return Err(slot.into_inner().unwrap_or(SafetensorsError::HeaderNotJson {
-                    reason: err.to_string(),
-                }))
+                return Err(slot
+                    .into_inner()
+                    .unwrap_or(SafetensorsError::HeaderNotJson {
+                        reason: err.to_string(),
+                    }))
             }
         };
 
@@ -782,7 +809,10 @@ mod json {
     impl<'de> DeserializeSeed<'de> for HeaderVisitor<'_> {
         type Value = RawHeader;
 
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<RawHeader, D::Error> {
+        fn deserialize<D: de::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<RawHeader, D::Error> {
             deserializer.deserialize_map(self)
         }
     }
@@ -803,11 +833,15 @@ mod json {
                     if metadata.is_some() {
                         return Err(self.problem.raise(SafetensorsError::DuplicateMetadata));
                     }
-                    metadata = Some(map.next_value_seed(MetadataVisitor { problem: self.problem })?);
+                    metadata = Some(map.next_value_seed(MetadataVisitor {
+                        problem: self.problem,
+                    })?);
                     continue;
                 }
                 if names.contains(key.as_str()) {
-                    return Err(self.problem.raise(SafetensorsError::DuplicateTensorName { name: key }));
+                    return Err(self
+                        .problem
+                        .raise(SafetensorsError::DuplicateTensorName { name: key }));
                 }
                 let tensor = map.next_value_seed(EntryVisitor {
                     problem: self.problem,
@@ -842,7 +876,12 @@ mod json {
             }
         }
 
-        fn list(self, field: &'static str, expected: &'static str, exact_len: Option<usize>) -> ListVisitor<'a> {
+        fn list(
+            self,
+            field: &'static str,
+            expected: &'static str,
+            exact_len: Option<usize>,
+        ) -> ListVisitor<'a> {
             ListVisitor {
                 field: FieldContext {
                     problem: self.problem,
@@ -858,7 +897,10 @@ mod json {
     impl<'de> DeserializeSeed<'de> for EntryVisitor<'_> {
         type Value = TensorInfo;
 
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<TensorInfo, D::Error> {
+        fn deserialize<D: de::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<TensorInfo, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
@@ -909,7 +951,8 @@ mod json {
                         shape = Some(map.next_value_seed(list)?);
                     }
                     _ => {
-                        let list = self.list("data_offsets", "an array of two unsigned integers", Some(2));
+                        let list =
+                            self.list("data_offsets", "an array of two unsigned integers", Some(2));
                         offsets = Some(map.next_value_seed(list)?);
                     }
                 }
@@ -917,7 +960,8 @@ mod json {
 
             let dtype = dtype.ok_or_else(|| self.problem.raise(self.missing("dtype")))?;
             let shape = shape.ok_or_else(|| self.problem.raise(self.missing("shape")))?;
-            let offsets = offsets.ok_or_else(|| self.problem.raise(self.missing("data_offsets")))?;
+            let offsets =
+                offsets.ok_or_else(|| self.problem.raise(self.missing("data_offsets")))?;
             // ListVisitor returns exactly two items for data_offsets.
             let (start, end) = match offsets.as_slice() {
                 [start, end] => (*start, *end),
@@ -1000,7 +1044,10 @@ mod json {
     impl<'de> DeserializeSeed<'de> for ListVisitor<'_> {
         type Value = Vec<u64>;
 
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<u64>, D::Error> {
+        fn deserialize<D: de::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Vec<u64>, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
@@ -1028,13 +1075,17 @@ mod json {
                 // Stop reading an over-long fixed-length array at its first extra item.
                 if let Some(len) = self.exact_len {
                     if items.len() > len {
-                        return Err(self.field.invalid(format!("an array of more than {len} items")));
+                        return Err(self
+                            .field
+                            .invalid(format!("an array of more than {len} items")));
                     }
                 }
             }
             if let Some(len) = self.exact_len {
                 if items.len() != len {
-                    return Err(self.field.invalid(format!("an array of {} items", items.len())));
+                    return Err(self
+                        .field
+                        .invalid(format!("an array of {} items", items.len())));
                 }
             }
             Ok(items)
@@ -1049,7 +1100,8 @@ mod json {
 
     impl UnsignedVisitor<'_> {
         fn wrong_kind<E: de::Error>(self, found: Found<'_>) -> E {
-            self.field.invalid(format!("{found} at index {}", self.index))
+            self.field
+                .invalid(format!("{found} at index {}", self.index))
         }
     }
 
@@ -1093,7 +1145,10 @@ mod json {
     impl<'de> DeserializeSeed<'de> for MetadataVisitor<'_> {
         type Value = Vec<(String, String)>;
 
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        fn deserialize<D: de::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
@@ -1112,7 +1167,9 @@ mod json {
             let mut entries = Vec::new();
             while let Some(key) = map.next_key::<String>()? {
                 if keys.contains(key.as_str()) {
-                    return Err(self.problem.raise(SafetensorsError::DuplicateMetadataKey { key }));
+                    return Err(self
+                        .problem
+                        .raise(SafetensorsError::DuplicateMetadataKey { key }));
                 }
                 let value = map.next_value_seed(MetadataValueVisitor {
                     problem: self.problem,
@@ -1133,17 +1190,21 @@ mod json {
 
     impl MetadataValueVisitor<'_> {
         fn wrong_kind<E: de::Error>(self, found: Found<'_>) -> E {
-            self.problem.raise(SafetensorsError::MetadataValueNotString {
-                key: self.key.to_owned(),
-                found: found.to_string(),
-            })
+            self.problem
+                .raise(SafetensorsError::MetadataValueNotString {
+                    key: self.key.to_owned(),
+                    found: found.to_string(),
+                })
         }
     }
 
     impl<'de> DeserializeSeed<'de> for MetadataValueVisitor<'_> {
         type Value = String;
 
-        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        fn deserialize<D: de::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<String, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
@@ -1226,8 +1287,8 @@ mod tests {
     #[test]
     fn dtype_spellings_round_trip() {
         let spellings = [
-            "BOOL", "U8", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32",
-            "U32", "F32", "F64", "I64", "U64", "C64", "F4", "F6_E2M3", "F6_E3M2",
+            "BOOL", "U8", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0", "I16", "U16", "F16", "BF16",
+            "I32", "U32", "F32", "F64", "I64", "U64", "C64", "F4", "F6_E2M3", "F6_E3M2",
         ];
         for (dtype, spelling) in Dtype::KNOWN.iter().zip(spellings) {
             assert_eq!(dtype.as_str(), spelling);
@@ -1247,7 +1308,10 @@ mod tests {
     #[test]
     fn dtype_bits_table() {
         let bits: Vec<u64> = Dtype::KNOWN.iter().filter_map(Dtype::bits).collect();
-        assert_eq!(bits, [8, 8, 8, 8, 8, 8, 16, 16, 16, 16, 32, 32, 32, 64, 64, 64, 64, 4, 6, 6]);
+        assert_eq!(
+            bits,
+            [8, 8, 8, 8, 8, 8, 16, 16, 16, 16, 32, 32, 32, 64, 64, 64, 64, 4, 6, 6]
+        );
     }
 
     #[test]
@@ -1259,7 +1323,10 @@ mod tests {
             .collect();
         assert_eq!(
             floats,
-            ["F8_E4M3", "F8_E5M2", "F8_E8M0", "F16", "BF16", "F32", "F64", "F4", "F6_E2M3", "F6_E3M2"]
+            [
+                "F8_E4M3", "F8_E5M2", "F8_E8M0", "F16", "BF16", "F32", "F64", "F4", "F6_E2M3",
+                "F6_E3M2"
+            ]
         );
     }
 
@@ -1271,7 +1338,10 @@ mod tests {
         assert_eq!(matrix.len(), 24);
         assert_eq!(matrix.numel(), Some(6));
         assert_eq!(tensor("s", Dtype::F32, &[], 0, 4).numel(), Some(1));
-        assert_eq!(tensor("z", Dtype::F32, &[u64::MAX, u64::MAX, 0], 0, 0).numel(), Some(0));
+        assert_eq!(
+            tensor("z", Dtype::F32, &[u64::MAX, u64::MAX, 0], 0, 0).numel(),
+            Some(0)
+        );
         assert_eq!(tensor("o", Dtype::F32, &[u64::MAX, 2], 0, 0).numel(), None);
         assert_eq!(tensor("r", Dtype::F32, &[1], 9, 5).len(), 0);
     }
@@ -1297,8 +1367,14 @@ mod tests {
 
     #[test]
     fn error_file_too_short() {
-        assert!(matches!(parse_err(&[]), SafetensorsError::FileTooShort { len: 0 }));
-        assert!(matches!(parse_err(&[2, 0, 0, 0, 0, 0, 0]), SafetensorsError::FileTooShort { len: 7 }));
+        assert!(matches!(
+            parse_err(&[]),
+            SafetensorsError::FileTooShort { len: 0 }
+        ));
+        assert!(matches!(
+            parse_err(&[2, 0, 0, 0, 0, 0, 0]),
+            SafetensorsError::FileTooShort { len: 7 }
+        ));
     }
 
     #[test]
@@ -1320,12 +1396,21 @@ mod tests {
         file.extend_from_slice(b"{}   ");
         let err = parse_err(&file);
         assert!(
-            matches!(err, SafetensorsError::HeaderBeyondFile { header_len: 10, file_len: 13 }),
+            matches!(
+                err,
+                SafetensorsError::HeaderBeyondFile {
+                    header_len: 10,
+                    file_len: 13
+                }
+            ),
             "{err:?}"
         );
         // Exactly at the maximum but past the end of the file.
         let file = MAX_HEADER_LEN.to_le_bytes();
-        assert!(matches!(parse_err(&file), SafetensorsError::HeaderBeyondFile { .. }));
+        assert!(matches!(
+            parse_err(&file),
+            SafetensorsError::HeaderBeyondFile { .. }
+        ));
     }
 
     #[test]
@@ -1334,20 +1419,32 @@ mod tests {
         file.extend_from_slice(b"{\xff}");
         file.push(b' ');
         let err = parse_err(&file);
-        assert!(matches!(err, SafetensorsError::HeaderNotUtf8 { offset: 9 }), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::HeaderNotUtf8 { offset: 9 }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn error_header_not_json() {
         for json in ["{\"a\":", "{}}", "{} {}", "{\"a\" 1}", "{,}", ""] {
             let err = parse_err(&file_with(json, 0));
-            assert!(matches!(err, SafetensorsError::HeaderNotJson { .. }), "{json}: {err:?}");
+            assert!(
+                matches!(err, SafetensorsError::HeaderNotJson { .. }),
+                "{json}: {err:?}"
+            );
         }
     }
 
     #[test]
     fn error_header_not_object() {
-        for (json, first) in [("[]", '['), ("\"x\"", '"'), ("1", '1'), (" {}", ' '), ("\n{}", '\n')] {
+        for (json, first) in [
+            ("[]", '['),
+            ("\"x\"", '"'),
+            ("1", '1'),
+            (" {}", ' '),
+            ("\n{}", '\n'),
+        ] {
             let err = parse_err(&file_with(json, 0));
             assert!(
                 matches!(err, SafetensorsError::HeaderNotObject { first: f } if f == first),
@@ -1359,9 +1456,27 @@ mod tests {
     #[test]
     fn error_header_padding_not_space() {
         let err = parse_err(&file_with("{}  \n", 0));
-        assert!(matches!(err, SafetensorsError::HeaderPadding { offset: 12, byte: b'\n' }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                SafetensorsError::HeaderPadding {
+                    offset: 12,
+                    byte: b'\n'
+                }
+            ),
+            "{err:?}"
+        );
         let err = parse_err(&file_with("{}\t", 0));
-        assert!(matches!(err, SafetensorsError::HeaderPadding { offset: 10, byte: b'\t' }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                SafetensorsError::HeaderPadding {
+                    offset: 10,
+                    byte: b'\t'
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -1369,26 +1484,42 @@ mod tests {
         let same = entry("U8", "[1]", 0, 1);
         let json = format!(r#"{{"a":{same},"a":{same}}}"#);
         let err = parse_err(&file_with(&json, 1));
-        assert!(matches!(err, SafetensorsError::DuplicateTensorName { ref name } if name == "a"), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::DuplicateTensorName { ref name } if name == "a"),
+            "{err:?}"
+        );
 
         // Escapes that decode to the same name are the same name.
-        let json = format!(r#"{{"a":{},"\u0061":{}}}"#, entry("U8", "[1]", 0, 1), entry("U8", "[1]", 1, 2));
+        let json = format!(
+            r#"{{"a":{},"\u0061":{}}}"#,
+            entry("U8", "[1]", 0, 1),
+            entry("U8", "[1]", 1, 2)
+        );
         let err = parse_err(&file_with(&json, 2));
-        assert!(matches!(err, SafetensorsError::DuplicateTensorName { ref name } if name == "a"), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::DuplicateTensorName { ref name } if name == "a"),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn error_duplicate_metadata() {
         let json = r#"{"__metadata__":{},"__metadata__":{"k":"v"}}"#;
         let err = parse_err(&file_with(json, 0));
-        assert!(matches!(err, SafetensorsError::DuplicateMetadata), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::DuplicateMetadata),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn error_duplicate_metadata_key() {
         let json = r#"{"__metadata__":{"k":"v","j":"w","k":"v"}}"#;
         let err = parse_err(&file_with(json, 0));
-        assert!(matches!(err, SafetensorsError::DuplicateMetadataKey { ref key } if key == "k"), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::DuplicateMetadataKey { ref key } if key == "k"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -1426,7 +1557,10 @@ mod tests {
 
     #[test]
     fn error_tensor_not_object() {
-        for (json, expected) in [(r#"{"t":[1,2]}"#, "an array"), (r#"{"t":"F32"}"#, "string \"F32\"")] {
+        for (json, expected) in [
+            (r#"{"t":[1,2]}"#, "an array"),
+            (r#"{"t":"F32"}"#, "string \"F32\""),
+        ] {
             let err = parse_err(&file_with(json, 0));
             assert!(
                 matches!(err, SafetensorsError::TensorNotObject { ref tensor, ref found } if tensor == "t" && found == expected),
@@ -1473,8 +1607,12 @@ mod tests {
 
     #[test]
     fn error_invalid_field_dtype() {
-        let (field, expected, found) = invalid_field(r#""dtype":32,"shape":[1],"data_offsets":[0,4]"#, 4);
-        assert_eq!((field, expected, found.as_str()), ("dtype", "a string", "number 32"));
+        let (field, expected, found) =
+            invalid_field(r#""dtype":32,"shape":[1],"data_offsets":[0,4]"#, 4);
+        assert_eq!(
+            (field, expected, found.as_str()),
+            ("dtype", "a string", "number 32")
+        );
         let (_, _, found) = invalid_field(r#""dtype":null,"shape":[1],"data_offsets":[0,4]"#, 4);
         assert_eq!(found, "null");
     }
@@ -1482,13 +1620,34 @@ mod tests {
     #[test]
     fn error_invalid_field_shape() {
         let cases = [
-            (r#""dtype":"U8","shape":"2x3","data_offsets":[0,6]"#, "string \"2x3\""),
-            (r#""dtype":"U8","shape":[2,-3],"data_offsets":[0,6]"#, "number -3 at index 1"),
-            (r#""dtype":"U8","shape":[2.0,3],"data_offsets":[0,6]"#, "number 2.0 at index 0"),
-            (r#""dtype":"U8","shape":[6e0],"data_offsets":[0,6]"#, "number 6.0 at index 0"),
-            (r#""dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,6]"#, "number 1.8446744073709552e19 at index 0"),
-            (r#""dtype":"U8","shape":[[6]],"data_offsets":[0,6]"#, "an array at index 0"),
-            (r#""dtype":"U8","shape":{"0":6},"data_offsets":[0,6]"#, "an object"),
+            (
+                r#""dtype":"U8","shape":"2x3","data_offsets":[0,6]"#,
+                "string \"2x3\"",
+            ),
+            (
+                r#""dtype":"U8","shape":[2,-3],"data_offsets":[0,6]"#,
+                "number -3 at index 1",
+            ),
+            (
+                r#""dtype":"U8","shape":[2.0,3],"data_offsets":[0,6]"#,
+                "number 2.0 at index 0",
+            ),
+            (
+                r#""dtype":"U8","shape":[6e0],"data_offsets":[0,6]"#,
+                "number 6.0 at index 0",
+            ),
+            (
+                r#""dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,6]"#,
+                "number 1.8446744073709552e19 at index 0",
+            ),
+            (
+                r#""dtype":"U8","shape":[[6]],"data_offsets":[0,6]"#,
+                "an array at index 0",
+            ),
+            (
+                r#""dtype":"U8","shape":{"0":6},"data_offsets":[0,6]"#,
+                "an object",
+            ),
         ];
         for (fields, expected_found) in cases {
             let (field, expected, found) = invalid_field(fields, 6);
@@ -1501,10 +1660,22 @@ mod tests {
     #[test]
     fn error_invalid_field_data_offsets() {
         let cases = [
-            (r#""dtype":"U8","shape":[1],"data_offsets":[0]"#, "an array of 1 items"),
-            (r#""dtype":"U8","shape":[1],"data_offsets":[]"#, "an array of 0 items"),
-            (r#""dtype":"U8","shape":[1],"data_offsets":[0,1,2]"#, "an array of more than 2 items"),
-            (r#""dtype":"U8","shape":[1],"data_offsets":[0,"1"]"#, "string \"1\" at index 1"),
+            (
+                r#""dtype":"U8","shape":[1],"data_offsets":[0]"#,
+                "an array of 1 items",
+            ),
+            (
+                r#""dtype":"U8","shape":[1],"data_offsets":[]"#,
+                "an array of 0 items",
+            ),
+            (
+                r#""dtype":"U8","shape":[1],"data_offsets":[0,1,2]"#,
+                "an array of more than 2 items",
+            ),
+            (
+                r#""dtype":"U8","shape":[1],"data_offsets":[0,"1"]"#,
+                "string \"1\" at index 1",
+            ),
             (r#""dtype":"U8","shape":[1],"data_offsets":null"#, "null"),
         ];
         for (fields, expected_found) in cases {
@@ -1518,7 +1689,10 @@ mod tests {
     #[test]
     fn error_size_overflow() {
         // The element count overflows.
-        let json = format!(r#"{{"t":{}}}"#, entry("F32", "[4294967296,4294967296]", 0, 0));
+        let json = format!(
+            r#"{{"t":{}}}"#,
+            entry("F32", "[4294967296,4294967296]", 0, 0)
+        );
         let err = parse_err(&file_with(&json, 0));
         assert!(
             matches!(err, SafetensorsError::SizeOverflow { ref tensor, ref dtype, ref shape } if tensor == "t" && dtype == "F32" && shape == &[1 << 32, 1 << 32]),
@@ -1526,10 +1700,19 @@ mod tests {
         );
         // The element count fits, the byte count does not.
         let json = format!(r#"{{"t":{}}}"#, entry("F32", "[4611686018427387904]", 0, 0));
-        assert!(matches!(parse_err(&file_with(&json, 0)), SafetensorsError::SizeOverflow { .. }));
+        assert!(matches!(
+            parse_err(&file_with(&json, 0)),
+            SafetensorsError::SizeOverflow { .. }
+        ));
         // Other dtypes still need an element count that fits.
-        let json = format!(r#"{{"t":{}}}"#, entry("Q4_K", "[4294967296,4294967296]", 0, 0));
-        assert!(matches!(parse_err(&file_with(&json, 0)), SafetensorsError::SizeOverflow { .. }));
+        let json = format!(
+            r#"{{"t":{}}}"#,
+            entry("Q4_K", "[4294967296,4294967296]", 0, 0)
+        );
+        assert!(matches!(
+            parse_err(&file_with(&json, 0)),
+            SafetensorsError::SizeOverflow { .. }
+        ));
     }
 
     #[test]
@@ -1558,7 +1741,10 @@ mod tests {
         // Sub-byte dtypes round up: 3 F4 elements are 12 bits, so 2 bytes, not 1.
         let json = format!(r#"{{"t":{}}}"#, entry("F4", "[3]", 0, 1));
         let err = parse_err(&file_with(&json, 1));
-        assert!(matches!(err, SafetensorsError::LengthMismatch { expected: 2, .. }), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::LengthMismatch { expected: 2, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -1571,14 +1757,22 @@ mod tests {
             "{err:?}"
         );
         // A gap between two tensors.
-        let json = format!(r#"{{"a":{},"b":{}}}"#, entry("U8", "[4]", 0, 4), entry("U8", "[4]", 6, 10));
+        let json = format!(
+            r#"{{"a":{},"b":{}}}"#,
+            entry("U8", "[4]", 0, 4),
+            entry("U8", "[4]", 6, 10)
+        );
         let err = parse_err(&file_with(&json, 10));
         assert!(
             matches!(err, SafetensorsError::OffsetGap { ref tensor, start: 6, expected: 4 } if tensor == "b"),
             "{err:?}"
         );
         // An empty tensor at offset 2 does not close the gap before offset 4.
-        let json = format!(r#"{{"e":{},"b":{}}}"#, entry("U8", "[0]", 2, 2), entry("U8", "[4]", 4, 8));
+        let json = format!(
+            r#"{{"e":{},"b":{}}}"#,
+            entry("U8", "[0]", 2, 2),
+            entry("U8", "[4]", 4, 8)
+        );
         let err = parse_err(&file_with(&json, 8));
         assert!(
             matches!(err, SafetensorsError::OffsetGap { ref tensor, start: 2, expected: 0 } if tensor == "e"),
@@ -1588,7 +1782,11 @@ mod tests {
 
     #[test]
     fn error_offset_overlap() {
-        let json = format!(r#"{{"a":{},"b":{}}}"#, entry("U8", "[4]", 0, 4), entry("U8", "[4]", 2, 6));
+        let json = format!(
+            r#"{{"a":{},"b":{}}}"#,
+            entry("U8", "[4]", 0, 4),
+            entry("U8", "[4]", 2, 6)
+        );
         let err = parse_err(&file_with(&json, 6));
         assert!(
             matches!(err, SafetensorsError::OffsetOverlap { ref tensor, start: 2, ref previous, expected: 4 }
@@ -1596,7 +1794,11 @@ mod tests {
             "{err:?}"
         );
         // Two tensors on the same range.
-        let json = format!(r#"{{"a":{},"b":{}}}"#, entry("U8", "[4]", 0, 4), entry("I8", "[4]", 0, 4));
+        let json = format!(
+            r#"{{"a":{},"b":{}}}"#,
+            entry("U8", "[4]", 0, 4),
+            entry("I8", "[4]", 0, 4)
+        );
         let err = parse_err(&file_with(&json, 4));
         assert!(
             matches!(err, SafetensorsError::OffsetOverlap { ref tensor, start: 0, ref previous, expected: 4 }
@@ -1624,17 +1826,35 @@ mod tests {
         let json = format!(r#"{{"t":{}}}"#, entry("U8", "[4]", 0, 4));
         let err = parse_err(&file_with(&json, 5));
         assert!(
-            matches!(err, SafetensorsError::DataLengthMismatch { data_len: 5, tensors_end: 4 }),
+            matches!(
+                err,
+                SafetensorsError::DataLengthMismatch {
+                    data_len: 5,
+                    tensors_end: 4
+                }
+            ),
             "{err:?}"
         );
         let err = parse_err(&file_with(&json, 3));
         assert!(
-            matches!(err, SafetensorsError::DataLengthMismatch { data_len: 3, tensors_end: 4 }),
+            matches!(
+                err,
+                SafetensorsError::DataLengthMismatch {
+                    data_len: 3,
+                    tensors_end: 4
+                }
+            ),
             "{err:?}"
         );
         let err = parse_err(&file_with("{}", 1));
         assert!(
-            matches!(err, SafetensorsError::DataLengthMismatch { data_len: 1, tensors_end: 0 }),
+            matches!(
+                err,
+                SafetensorsError::DataLengthMismatch {
+                    data_len: 1,
+                    tensors_end: 0
+                }
+            ),
             "{err:?}"
         );
     }
@@ -1650,12 +1870,30 @@ mod tests {
             (deep_object.clone(), "UnknownField"),
             (format!(r#"{{"t":{deep_array}}}"#), "TensorNotObject"),
             (format!(r#"{{"t":{deep_object}}}"#), "UnknownField"),
-            (format!(r#"{{"t":{{"dtype":"U8","shape":{deep_array},"data_offsets":[0,0]}}}}"#), "InvalidField"),
-            (format!(r#"{{"t":{{"dtype":{deep_array}}}}}"#), "InvalidField"),
-            (format!(r#"{{"t":{{"dtype":"U8","x":{deep_array}}}}}"#), "UnknownField"),
-            (format!(r#"{{"__metadata__":{deep_object}}}"#), "MetadataValueNotString"),
-            (format!(r#"{{"__metadata__":{{"k":{deep_array}}}}}"#), "MetadataValueNotString"),
-            (format!(r#"{{"__metadata__":{unclosed_array}"#), "MetadataNotObject"),
+            (
+                format!(r#"{{"t":{{"dtype":"U8","shape":{deep_array},"data_offsets":[0,0]}}}}"#),
+                "InvalidField",
+            ),
+            (
+                format!(r#"{{"t":{{"dtype":{deep_array}}}}}"#),
+                "InvalidField",
+            ),
+            (
+                format!(r#"{{"t":{{"dtype":"U8","x":{deep_array}}}}}"#),
+                "UnknownField",
+            ),
+            (
+                format!(r#"{{"__metadata__":{deep_object}}}"#),
+                "MetadataValueNotString",
+            ),
+            (
+                format!(r#"{{"__metadata__":{{"k":{deep_array}}}}}"#),
+                "MetadataValueNotString",
+            ),
+            (
+                format!(r#"{{"__metadata__":{unclosed_array}"#),
+                "MetadataNotObject",
+            ),
         ];
         for (json, expected) in cases {
             let err = parse_err(&file_with(&json, 0));
@@ -1667,9 +1905,15 @@ mod tests {
     #[test]
     fn writer_errors() {
         let reserved = [(METADATA_KEY.to_owned(), Dtype::U8, vec![1])];
-        assert!(matches!(write_header(&reserved, None), Err(SafetensorsError::ReservedTensorName)));
+        assert!(matches!(
+            write_header(&reserved, None),
+            Err(SafetensorsError::ReservedTensorName)
+        ));
 
-        let duplicate = [("a".to_owned(), Dtype::U8, vec![1]), ("a".to_owned(), Dtype::I8, vec![2])];
+        let duplicate = [
+            ("a".to_owned(), Dtype::U8, vec![1]),
+            ("a".to_owned(), Dtype::I8, vec![2]),
+        ];
         assert!(matches!(
             write_header(&duplicate, None),
             Err(SafetensorsError::DuplicateTensorName { ref name }) if name == "a"
@@ -1682,7 +1926,10 @@ mod tests {
         ));
 
         let overflow = [("big".to_owned(), Dtype::F64, vec![1 << 40, 1 << 30])];
-        assert!(matches!(write_header(&overflow, None), Err(SafetensorsError::SizeOverflow { .. })));
+        assert!(matches!(
+            write_header(&overflow, None),
+            Err(SafetensorsError::SizeOverflow { .. })
+        ));
 
         let total_overflow = [
             ("a".to_owned(), Dtype::U8, vec![u64::MAX]),
@@ -1693,7 +1940,10 @@ mod tests {
             Err(SafetensorsError::DataOverflow { ref tensor }) if tensor == "b"
         ));
 
-        let metadata = [("k".to_owned(), "1".to_owned()), ("k".to_owned(), "2".to_owned())];
+        let metadata = [
+            ("k".to_owned(), "1".to_owned()),
+            ("k".to_owned(), "2".to_owned()),
+        ];
         assert!(matches!(
             write_header(&[], Some(&metadata)),
             Err(SafetensorsError::DuplicateMetadataKey { ref key }) if key == "k"
@@ -1702,7 +1952,11 @@ mod tests {
 
     #[test]
     fn error_messages_name_values() {
-        let json = format!(r#"{{"a":{},"b":{}}}"#, entry("U8", "[4]", 0, 4), entry("U8", "[4]", 6, 10));
+        let json = format!(
+            r#"{{"a":{},"b":{}}}"#,
+            entry("U8", "[4]", 0, 4),
+            entry("U8", "[4]", 6, 10)
+        );
         assert_eq!(
             parse_err(&file_with(&json, 10)).to_string(),
             "tensor \"b\" starts at data offset 6, leaving bytes 4..6 of the data section unclaimed; \
@@ -1728,7 +1982,14 @@ mod tests {
     #[test]
     fn accepts_empty_header() {
         let header = parse(&file_with("{}", 0)).unwrap();
-        assert_eq!(header, Header { header_len: 2, tensors: vec![], metadata: None });
+        assert_eq!(
+            header,
+            Header {
+                header_len: 2,
+                tensors: vec![],
+                metadata: None
+            }
+        );
         let header = parse(&file_with("{}      ", 0)).unwrap();
         assert_eq!(header.header_len, 8);
         assert_eq!(header.data_len(), 0);
@@ -1741,7 +2002,13 @@ mod tests {
         let shape = vec![3, 5];
         let tensors: Vec<(String, Dtype, Vec<u64>)> = Dtype::KNOWN
             .iter()
-            .map(|dtype| (format!("t.{}", dtype.as_str()), dtype.clone(), shape.clone()))
+            .map(|dtype| {
+                (
+                    format!("t.{}", dtype.as_str()),
+                    dtype.clone(),
+                    shape.clone(),
+                )
+            })
             .collect();
         let (bytes, infos) = write_header(&tensors, None).unwrap();
         let data_len = infos.last().map_or(0, |info| info.end);
@@ -1751,14 +2018,24 @@ mod tests {
         assert_eq!(header.tensors, infos);
         // 15 elements: 4-bit is 60 bits, so 8 bytes, and 6-bit is 90 bits, so 12 bytes.
         let lens: Vec<u64> = header.tensors.iter().map(TensorInfo::len).collect();
-        assert_eq!(lens, [15, 15, 15, 15, 15, 15, 30, 30, 30, 30, 60, 60, 60, 120, 120, 120, 120, 8, 12, 12]);
+        assert_eq!(
+            lens,
+            [15, 15, 15, 15, 15, 15, 30, 30, 30, 30, 60, 60, 60, 120, 120, 120, 120, 8, 12, 12]
+        );
     }
 
     #[test]
     fn accepts_other_dtype_any_length() {
-        let json = format!(r#"{{"q":{},"w":{}}}"#, entry("Q4_K", "[256]", 0, 144), entry("F32", "[1]", 144, 148));
+        let json = format!(
+            r#"{{"q":{},"w":{}}}"#,
+            entry("Q4_K", "[256]", 0, 144),
+            entry("F32", "[1]", 144, 148)
+        );
         let header = parse(&file_with(&json, 148)).unwrap();
-        assert_eq!(header.tensors[0], tensor("q", Dtype::Other("Q4_K".to_owned()), &[256], 0, 144));
+        assert_eq!(
+            header.tensors[0],
+            tensor("q", Dtype::Other("Q4_K".to_owned()), &[256], 0, 144)
+        );
         assert_eq!(header.tensors[0].numel(), Some(256));
     }
 
@@ -1779,7 +2056,11 @@ mod tests {
         let by_offset: Vec<&str> = header.by_offset().iter().map(|t| t.name.as_str()).collect();
         assert_eq!(by_offset, ["e0", "a", "e1", "e2", "b", "e3"]);
         // Only empty tensors.
-        let json = format!(r#"{{"x":{},"y":{}}}"#, entry("F32", "[0]", 0, 0), entry("F32", "[0, 3]", 0, 0));
+        let json = format!(
+            r#"{{"x":{},"y":{}}}"#,
+            entry("F32", "[0]", 0, 0),
+            entry("F32", "[0, 3]", 0, 0)
+        );
         assert_eq!(parse(&file_with(&json, 0)).unwrap().tensors.len(), 2);
     }
 
@@ -1850,7 +2131,13 @@ mod tests {
         assert_eq!(bytes[..8], (padded_len as u64).to_le_bytes());
         assert_eq!(&bytes[8..8 + json.len()], json.as_bytes());
         assert!(bytes[8 + json.len()..].iter().all(|&b| b == b' '));
-        assert_eq!(infos, [tensor("w", Dtype::F32, &[2, 2], 0, 16), tensor("b", Dtype::F16, &[3], 16, 22)]);
+        assert_eq!(
+            infos,
+            [
+                tensor("w", Dtype::F32, &[2, 2], 0, 16),
+                tensor("b", Dtype::F16, &[3], 16, 22)
+            ]
+        );
 
         let (bytes, infos) = write_header(&[], None).unwrap();
         assert_eq!(bytes, b"\x08\0\0\0\0\0\0\0{}      ");
@@ -1901,7 +2188,10 @@ mod tests {
 
     /// Serializes the tensors with `safetensors::serialize`, parses the file with both crates
     /// and checks they agree on every name, dtype, shape, offset and metadata entry.
-    fn check_against_reference(tensors: &[(String, Dtype, Vec<u64>)], metadata: Option<HashMap<String, String>>) {
+    fn check_against_reference(
+        tensors: &[(String, Dtype, Vec<u64>)],
+        metadata: Option<HashMap<String, String>>,
+    ) {
         let buffers: Vec<Vec<u8>> = tensors
             .iter()
             .enumerate()
@@ -1915,7 +2205,9 @@ mod tests {
             .zip(&buffers)
             .map(|((name, dtype, shape), data)| {
                 let shape = shape.iter().map(|&dim| dim as usize).collect();
-                let view = safetensors::tensor::TensorView::new(reference_dtype(dtype), shape, data).unwrap();
+                let view =
+                    safetensors::tensor::TensorView::new(reference_dtype(dtype), shape, data)
+                        .unwrap();
                 (name.clone(), view)
             })
             .collect();
@@ -1931,16 +2223,25 @@ mod tests {
             assert_eq!(info.dtype.as_str(), format!("{:?}", expected.dtype));
             let expected_shape: Vec<u64> = expected.shape.iter().map(|&dim| dim as u64).collect();
             assert_eq!(info.shape, expected_shape);
-            assert_eq!((info.start, info.end), (expected.data_offsets.0 as u64, expected.data_offsets.1 as u64));
+            assert_eq!(
+                (info.start, info.end),
+                (
+                    expected.data_offsets.0 as u64,
+                    expected.data_offsets.1 as u64
+                )
+            );
         }
-        let metadata_map: Option<HashMap<String, String>> =
-            header.metadata.clone().map(|entries| entries.into_iter().collect());
+        let metadata_map: Option<HashMap<String, String>> = header
+            .metadata
+            .clone()
+            .map(|entries| entries.into_iter().collect());
         assert_eq!(&metadata_map, reference.metadata());
 
         // The bytes of each tensor are where the header says they are.
         for ((name, _, _), data) in tensors.iter().zip(&buffers) {
             let info = header.tensors.iter().find(|t| &t.name == name).unwrap();
-            let range = (header.data_start() + info.start) as usize..(header.data_start() + info.end) as usize;
+            let range = (header.data_start() + info.start) as usize
+                ..(header.data_start() + info.end) as usize;
             assert_eq!(&file[range], data.as_slice());
         }
     }
@@ -1950,13 +2251,22 @@ mod tests {
         let tensors: Vec<(String, Dtype, Vec<u64>)> = REFERENCE_DTYPES
             .iter()
             .enumerate()
-            .map(|(index, dtype)| (format!("layer.{index}.weight"), dtype.clone(), vec![2, index as u64 + 1]))
+            .map(|(index, dtype)| {
+                (
+                    format!("layer.{index}.weight"),
+                    dtype.clone(),
+                    vec![2, index as u64 + 1],
+                )
+            })
             .chain([
                 ("scalar".to_owned(), Dtype::F32, vec![]),
                 ("empty".to_owned(), Dtype::F16, vec![0, 4]),
             ])
             .collect();
-        let metadata = HashMap::from([("format".to_owned(), "pt".to_owned()), ("step".to_owned(), "7".to_owned())]);
+        let metadata = HashMap::from([
+            ("format".to_owned(), "pt".to_owned()),
+            ("step".to_owned(), "7".to_owned()),
+        ]);
         check_against_reference(&tensors, Some(metadata));
         check_against_reference(&tensors, None);
         check_against_reference(&[], None);
@@ -1971,7 +2281,10 @@ mod tests {
         assert_eq!(&file[8..], br#"{},"__metadata__":{}}   "#);
         assert!(safetensors::SafeTensors::read_metadata(&file).is_err());
         let err = parse_err(&file);
-        assert!(matches!(err, SafetensorsError::HeaderNotJson { .. }), "{err:?}");
+        assert!(
+            matches!(err, SafetensorsError::HeaderNotJson { .. }),
+            "{err:?}"
+        );
     }
 
     // ---- property tests ----
@@ -1980,7 +2293,9 @@ mod tests {
         proptest::sample::select(Dtype::KNOWN.to_vec())
     }
 
-    fn tensor_specs(dtype: impl Strategy<Value = Dtype>) -> impl Strategy<Value = Vec<(String, Dtype, Vec<u64>)>> {
+    fn tensor_specs(
+        dtype: impl Strategy<Value = Dtype>,
+    ) -> impl Strategy<Value = Vec<(String, Dtype, Vec<u64>)>> {
         proptest::collection::btree_map(
             "[a-z0-9._é\"\\\\]{0,12}",
             (dtype, proptest::collection::vec(0u64..6, 0..4)),
@@ -2003,18 +2318,28 @@ mod tests {
         )
     }
 
-    /// A valid file with random data bytes, with the tensors its header was written from.
-    fn valid_file() -> impl Strategy<Value = (Vec<u8>, Vec<TensorInfo>, Option<Vec<(String, String)>>)> {
-        (tensor_specs(known_dtype()), metadata_entries(), any::<u64>()).prop_map(|(specs, metadata, seed)| {
-            let (mut file, infos) = write_header(&specs, metadata.as_deref()).unwrap();
-            let data_len = infos.last().map_or(0, |info| info.end);
-            let mut state = seed;
-            for _ in 0..data_len {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                file.push((state >> 56) as u8);
-            }
-            (file, infos, metadata)
-        })
+    /// A whole file, the tensors its header was written with, and its metadata.
+    type ValidFile = (Vec<u8>, Vec<TensorInfo>, Option<Vec<(String, String)>>);
+
+    /// A valid file with random data bytes.
+    fn valid_file() -> impl Strategy<Value = ValidFile> {
+        (
+            tensor_specs(known_dtype()),
+            metadata_entries(),
+            any::<u64>(),
+        )
+            .prop_map(|(specs, metadata, seed)| {
+                let (mut file, infos) = write_header(&specs, metadata.as_deref()).unwrap();
+                let data_len = infos.last().map_or(0, |info| info.end);
+                let mut state = seed;
+                for _ in 0..data_len {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    file.push((state >> 56) as u8);
+                }
+                (file, infos, metadata)
+            })
     }
 
     /// Checks the invariants every parsed header must hold.

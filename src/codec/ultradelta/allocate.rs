@@ -71,7 +71,11 @@ pub(crate) fn allocate(std_devs: &[f64], numels: &[u64], p: f64, s: f64) -> Allo
             Band::High => high_rate,
         })
         .collect();
-    Allocation { bands, rates, high_rate }
+    Allocation {
+        bands,
+        rates,
+        high_rate,
+    }
 }
 
 #[cfg(test)]
@@ -88,10 +92,20 @@ mod tests {
         let alloc = allocate(&std_devs, &numels, 0.9, 0.02);
         use Band::*;
         assert_eq!(alloc.bands, vec![Mid, Low, High, Mid, Low, High]);
-        assert!((alloc.high_rate - 0.88).abs() < 1e-12, "high rate {}", alloc.high_rate);
+        assert!(
+            (alloc.high_rate - 0.88).abs() < 1e-12,
+            "high rate {}",
+            alloc.high_rate
+        );
         assert_eq!(alloc.rates[1], 0.9 + 0.02);
         assert_eq!(alloc.rates[0], 0.9);
-        let mean: f64 = alloc.rates.iter().zip(&numels).map(|(r, &n)| r * n as f64).sum::<f64>() / 600.0;
+        let mean: f64 = alloc
+            .rates
+            .iter()
+            .zip(&numels)
+            .map(|(r, &n)| r * n as f64)
+            .sum::<f64>()
+            / 600.0;
         assert!((mean - 0.9).abs() < 1e-12, "weighted mean {mean}");
     }
 

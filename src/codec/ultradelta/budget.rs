@@ -6,8 +6,18 @@ use super::stats::Fidelity;
 
 /// Sparsities tried, in order. The search stops at the first one where no bit width fits the
 /// budget, because the error grows with sparsity.
-pub(crate) const SPARSITY_GRID: [f64; 15] =
-    [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995];
+pub(crate) const SPARSITY_GRID: [f64; 15] = [
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995,
+];
+
+/// Limits of the search: bit widths tried, the error budget and the user's extra rescale.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    pub min_bits: u8,
+    pub max_bits: u8,
+    pub max_error: f64,
+    pub extra_rescale: f64,
+}
 
 pub(crate) struct BudgetChoice {
     pub plan: TensorPlan,
@@ -28,11 +38,14 @@ pub(crate) fn search(
     shape: &[u64],
     dtype: FloatDtype,
     template: &TensorPlan,
-    bit_range: (u8, u8),
-    max_error: f64,
-    extra_rescale: f64,
+    budget: &Budget,
 ) -> BudgetChoice {
-    let (min_bits, max_bits) = bit_range;
+    let Budget {
+        min_bits,
+        max_bits,
+        max_error,
+        extra_rescale,
+    } = *budget;
     let mut best: Option<(TensorPlan, EncodedTensor)> = None;
     let mut start_bits = min_bits;
     for &sparsity in &SPARSITY_GRID {
@@ -55,7 +68,10 @@ pub(crate) fn search(
         let Some((plan, pruned)) = fitting else { break };
         start_bits = plan.bits;
         let encoded = write_object(&pruned, shape, dtype, &plan);
-        if best.as_ref().map_or(true, |(_, b)| encoded.payload.len() < b.payload.len()) {
+        if best
+            .as_ref()
+            .map_or(true, |(_, b)| encoded.payload.len() < b.payload.len())
+        {
             best = Some((plan, encoded));
         }
     }

@@ -145,7 +145,11 @@ pub fn values_to_bytes(values: &[f32], dtype: &Dtype) -> Result<Vec<u8>, UltraDe
 pub(crate) fn add_delta_to_bytes(base: &[u8], dtype: FloatDtype, delta: &[f32]) -> Vec<u8> {
     let size = dtype.size();
     let mut out = vec![0u8; base.len()];
-    for ((src, dst), &d) in base.chunks_exact(size).zip(out.chunks_exact_mut(size)).zip(delta) {
+    for ((src, dst), &d) in base
+        .chunks_exact(size)
+        .zip(out.chunks_exact_mut(size))
+        .zip(delta)
+    {
         match dtype {
             FloatDtype::F32 => {
                 let b = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
@@ -182,12 +186,20 @@ mod tests {
         assert_eq!(bf16::from_le_bytes([out[0], out[1]]).to_f32(), 1.0);
         // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6, so it rounds to 1 + 2^-6.
         let out = add_delta_to_bytes(&base, FloatDtype::BF16, &[3.0 * 2f32.powi(-8)]);
-        assert_eq!(bf16::from_le_bytes([out[0], out[1]]).to_f32(), 1.0 + 2f32.powi(-6));
+        assert_eq!(
+            bf16::from_le_bytes([out[0], out[1]]).to_f32(),
+            1.0 + 2f32.powi(-6)
+        );
     }
 
     #[test]
     fn dtype_codes_round_trip() {
-        for dtype in [FloatDtype::F32, FloatDtype::F16, FloatDtype::BF16, FloatDtype::F64] {
+        for dtype in [
+            FloatDtype::F32,
+            FloatDtype::F16,
+            FloatDtype::BF16,
+            FloatDtype::F64,
+        ] {
             assert_eq!(FloatDtype::from_code(dtype.code()), Some(dtype));
         }
         assert_eq!(FloatDtype::from_code(4), None);

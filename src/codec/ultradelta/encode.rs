@@ -89,17 +89,39 @@ pub(crate) fn prune_tensor(base: &[f32], finetuned: &[f32], plan: &TensorPlan) -
             let drops = prune::group_drop_counts(&histogram, zero_code, rate);
             let dropped: u64 = drops.iter().sum();
             if dropped == 0 {
-                return Pruned { quantizer, layout: PrunedLayout::Dense, kept_codes: codes, dropped, numel, zeros: zero_count };
+                return Pruned {
+                    quantizer,
+                    layout: PrunedLayout::Dense,
+                    kept_codes: codes,
+                    dropped,
+                    numel,
+                    zeros: zero_count,
+                };
             }
-            let kept = prune::grouped_kept_positions(&codes, &histogram, &drops, zero_code, plan.seed);
+            let kept =
+                prune::grouped_kept_positions(&codes, &histogram, &drops, zero_code, plan.seed);
             let kept_codes = kept.iter().map(|&i| codes[i as usize]).collect();
             let zeros = numel - kept.len() as u64;
-            Pruned { quantizer, layout: PrunedLayout::Grouped(kept), kept_codes, dropped, numel, zeros }
+            Pruned {
+                quantizer,
+                layout: PrunedLayout::Grouped(kept),
+                kept_codes,
+                dropped,
+                numel,
+                zeros,
+            }
         }
         MaskMode::Seeded => {
             let dropped = (numel as f64 * rate).round() as u64;
             if dropped == 0 {
-                return Pruned { quantizer, layout: PrunedLayout::Dense, kept_codes: codes, dropped, numel, zeros: zero_count };
+                return Pruned {
+                    quantizer,
+                    layout: PrunedLayout::Dense,
+                    kept_codes: codes,
+                    dropped,
+                    numel,
+                    zeros: zero_count,
+                };
             }
             let mut kept_codes = Vec::with_capacity((numel - dropped) as usize);
             let mut zeros = 0u64;
@@ -112,7 +134,14 @@ pub(crate) fn prune_tensor(base: &[f32], finetuned: &[f32], plan: &TensorPlan) -
                     kept_codes.push(code);
                 }
             });
-            Pruned { quantizer, layout: PrunedLayout::Seeded, kept_codes, dropped, numel, zeros }
+            Pruned {
+                quantizer,
+                layout: PrunedLayout::Seeded,
+                kept_codes,
+                dropped,
+                numel,
+                zeros,
+            }
         }
     }
 }
@@ -141,11 +170,13 @@ pub(crate) fn expand(
     let mut out = vec![0f32; numel as usize];
     match layout {
         PrunedLayout::Dense => {
-            out.par_chunks_mut(CHUNK).zip(kept_codes.par_chunks(CHUNK)).for_each(|(o, c)| {
-                for (o, &c) in o.iter_mut().zip(c) {
-                    *o = table[usize::from(c)];
-                }
-            });
+            out.par_chunks_mut(CHUNK)
+                .zip(kept_codes.par_chunks(CHUNK))
+                .for_each(|(o, c)| {
+                    for (o, &c) in o.iter_mut().zip(c) {
+                        *o = table[usize::from(c)];
+                    }
+                });
         }
         PrunedLayout::Grouped(positions) => {
             for (&p, &c) in positions.iter().zip(kept_codes) {
@@ -170,7 +201,11 @@ impl Pruned {
     pub(crate) fn decoded(&self, plan: &TensorPlan) -> Vec<f32> {
         expand(
             self.numel,
-            (self.quantizer.min, self.quantizer.step, plan.rescale * plan.trace_norm_factor),
+            (
+                self.quantizer.min,
+                self.quantizer.step,
+                plan.rescale * plan.trace_norm_factor,
+            ),
             &self.layout,
             &self.kept_codes,
             self.dropped,
@@ -191,7 +226,12 @@ pub(crate) struct EncodedTensor {
 }
 
 /// Entropy-codes a pruned tensor and writes its object.
-pub(crate) fn write_object(pruned: &Pruned, shape: &[u64], dtype: FloatDtype, plan: &TensorPlan) -> EncodedTensor {
+pub(crate) fn write_object(
+    pruned: &Pruned,
+    shape: &[u64],
+    dtype: FloatDtype,
+    plan: &TensorPlan,
+) -> EncodedTensor {
     let (layout, position_bytes) = match &pruned.layout {
         PrunedLayout::Dense => (Layout::Dense, Vec::new()),
         PrunedLayout::Grouped(kept) => {
@@ -250,18 +290,35 @@ pub(crate) fn decode_object(
             )));
         }
     }
+
     let kept = header.kept;
     let layout = match header.layout {
         Layout::Dense => PrunedLayout::Dense,
-        Layout::Grouped(coding) => PrunedLayout::Grouped(positions::decode(coding, object.positions, kept, numel)?),
+        Layout::Grouped(coding) => {
+            PrunedLayout::Grouped(positions::decode(coding, object.positions, kept, numel)?)
+        }
         Layout::Seeded => PrunedLayout::Seeded,
     };
     let codes = entropy::decode(header.value_coding, object.values, kept as usize)?;
     let max_code = ((1u32 << header.bits) - 1) as u8;
     if codes.iter().any(|&c| c > max_code) {
-        return Err(UltraDeltaError::Corrupt(format!("code above {max_code} for {} bits", header.bits)));
+        return Err(UltraDeltaError::Corrupt(format!(
+            "code above {max_code} for {} bits",
+            header.bits
+        )));
     }
-    let scale = if apply_trace_norm_factor { header.scale() } else { header.rescale };
-    let delta = expand(numel, (header.min, header.step, scale), &layout, &codes, numel - kept, header.seed);
+    let scale = if apply_trace_norm_factor {
+        header.scale()
+    } else {
+        header.rescale
+    };
+    let delta = expand(
+        numel,
+        (header.min, header.step, scale),
+        &layout,
+        &codes,
+        numel - kept,
+        header.seed,
+    );
     Ok((header, delta))
 }

@@ -56,7 +56,8 @@ pub(crate) const ZSTD_LEVEL: i32 = 19;
 pub(crate) fn encode(coding: ValueCoding, codes: &[u8]) -> Vec<u8> {
     match coding {
         ValueCoding::Rans => rans_encode(codes),
-        // zstd reports errors only for invalid parameters, and the level is a valid constant.
+        // If zstd fails, the empty section fails the decode check that `encode_commit` runs on
+        // every object it writes, so the failure is not silent.
         ValueCoding::Zstd => zstd::bulk::compress(codes, ZSTD_LEVEL).unwrap_or_default(),
     }
 }
@@ -66,13 +67,21 @@ fn corrupt(what: String) -> UltraDeltaError {
 }
 
 /// Decodes exactly `count` codes; the caller must have bounded `count` by the tensor shape.
-pub(crate) fn decode(coding: ValueCoding, section: &[u8], count: usize) -> Result<Vec<u8>, UltraDeltaError> {
+pub(crate) fn decode(
+    coding: ValueCoding,
+    section: &[u8],
+    count: usize,
+) -> Result<Vec<u8>, UltraDeltaError> {
     match coding {
         ValueCoding::Rans => rans_decode(section, count),
         ValueCoding::Zstd => {
-            let codes = zstd::bulk::decompress(section, count).map_err(|e| corrupt(format!("zstd: {e}")))?;
+            let codes = zstd::bulk::decompress(section, count)
+                .map_err(|e| corrupt(format!("zstd: {e}")))?;
             if codes.len() != count {
-                return Err(corrupt(format!("zstd produced {} codes, expected {count}", codes.len())));
+                return Err(corrupt(format!(
+                    "zstd produced {} codes, expected {count}",
+                    codes.len()
+                )));
             }
             Ok(codes)
         }
@@ -94,7 +103,9 @@ fn normalise(counts: &[u64; 256]) -> [u32; 256] {
     let mut sum: u32 = freqs.iter().sum();
     // The rounding error goes to the most frequent symbol, where it costs the fewest bits.
     while sum != SCALE {
-        let largest = (0..256).max_by(|&a, &b| freqs[a].cmp(&freqs[b]).then(b.cmp(&a))).unwrap_or(0);
+        let largest = (0..256)
+            .max_by(|&a, &b| freqs[a].cmp(&freqs[b]).then(b.cmp(&a)))
+            .unwrap_or(0);
         if sum < SCALE {
             freqs[largest] += SCALE - sum;
             sum = SCALE;
@@ -131,8 +142,10 @@ fn rans_encode(codes: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&(freqs[s] as u16).to_le_bytes());
     }
 
-    let blocks: Vec<Vec<u8>> =
-        codes.par_chunks(BLOCK_SYMBOLS).map(|block| rans_encode_block(block, &freqs, &cum)).collect();
+    let blocks: Vec<Vec<u8>> = codes
+        .par_chunks(BLOCK_SYMBOLS)
+        .map(|block| rans_encode_block(block, &freqs, &cum))
+        .collect();
     out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
     for block in &blocks {
         out.extend_from_slice(&(block.len() as u32).to_le_bytes());
@@ -162,7 +175,10 @@ fn rans_encode_block(block: &[u8], freqs: &[u32; 256], cum: &[u32; 257]) -> Vec<
 
 /// Reads `n` bytes at `*at`, advancing it.
 fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], UltraDeltaError> {
-    let end = at.checked_add(n).filter(|&end| end <= bytes.len()).ok_or_else(|| corrupt("truncated".into()))?;
+    let end = at
+        .checked_add(n)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| corrupt("truncated".into()))?;
     let slice = &bytes[*at..end];
     *at = end;
     Ok(slice)
@@ -179,9 +195,14 @@ fn rans_decode(section: &[u8], count: usize) -> Result<Vec<u8>, UltraDeltaError>
     let mut previous: Option<u8> = None;
     for _ in 0..symbols {
         let entry = take(section, &mut at, 3)?;
-        let (s, f) = (entry[0], u32::from(u16::from_le_bytes([entry[1], entry[2]])));
+        let (s, f) = (
+            entry[0],
+            u32::from(u16::from_le_bytes([entry[1], entry[2]])),
+        );
         if previous.is_some_and(|p| s <= p) || f == 0 {
-            return Err(corrupt("symbol table not increasing or with a zero frequency".into()));
+            return Err(corrupt(
+                "symbol table not increasing or with a zero frequency".into(),
+            ));
         }
         freqs[usize::from(s)] = f;
         previous = Some(s);
@@ -198,7 +219,12 @@ fn rans_decode(section: &[u8], count: usize) -> Result<Vec<u8>, UltraDeltaError>
     }
 
     let block_count_bytes = take(section, &mut at, 4)?;
-    let block_count = u32::from_le_bytes([block_count_bytes[0], block_count_bytes[1], block_count_bytes[2], block_count_bytes[3]]) as usize;
+    let block_count = u32::from_le_bytes([
+        block_count_bytes[0],
+        block_count_bytes[1],
+        block_count_bytes[2],
+        block_count_bytes[3],
+    ]) as usize;
     if block_count != count.div_ceil(BLOCK_SYMBOLS) {
         return Err(corrupt(format!("{block_count} blocks for {count} codes")));
     }
@@ -243,7 +269,9 @@ fn rans_decode_block(
         let si = usize::from(s);
         x = freqs[si] * (x >> SCALE_BITS) + slot - cum[si];
         while x < STATE_LOW {
-            let byte = *bytes.get(at).ok_or_else(|| corrupt("block truncated".into()))?;
+            let byte = *bytes
+                .get(at)
+                .ok_or_else(|| corrupt("block truncated".into()))?;
             at += 1;
             x = (x << 8) | u32::from(byte);
         }
@@ -263,7 +291,12 @@ pub(crate) fn entropy_bytes(codes: &[u8]) -> f64 {
         counts[usize::from(c)] += 1;
     }
     let n = codes.len() as f64;
-    counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64) * (c as f64 / n).log2()).sum::<f64>() / 8.0
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| -(c as f64) * (c as f64 / n).log2())
+        .sum::<f64>()
+        / 8.0
 }
 
 #[cfg(test)]
@@ -272,7 +305,9 @@ mod tests {
 
     #[test]
     fn rans_round_trips_skewed_codes() {
-        let codes: Vec<u8> = (0..200_000u32).map(|i| if i % 97 == 0 { (i % 16) as u8 } else { 7 }).collect();
+        let codes: Vec<u8> = (0..200_000u32)
+            .map(|i| if i % 97 == 0 { (i % 16) as u8 } else { 7 })
+            .collect();
         let bytes = rans_encode(&codes);
         assert_eq!(rans_decode(&bytes, codes.len()).unwrap(), codes);
         assert!((bytes.len() as f64) < entropy_bytes(&codes) * 1.05 + 64.0);
@@ -308,6 +343,9 @@ mod tests {
     fn zstd_round_trips() {
         let codes: Vec<u8> = (0..10_000u32).map(|i| (i % 5) as u8).collect();
         let bytes = encode(ValueCoding::Zstd, &codes);
-        assert_eq!(decode(ValueCoding::Zstd, &bytes, codes.len()).unwrap(), codes);
+        assert_eq!(
+            decode(ValueCoding::Zstd, &bytes, codes.len()).unwrap(),
+            codes
+        );
     }
 }

@@ -163,6 +163,9 @@ pub enum UltraDeltaError {
     Corrupt(String),
 }
 
+/// One tensor's plan, its encoding, and its variance band in explicit mode.
+type Choice = (TensorPlan, EncodedTensor, Option<Band>);
+
 fn validate_settings(settings: &Settings, trace_norm_factor: f64) -> Result<(), UltraDeltaError> {
     let invalid = |what: String| Err(UltraDeltaError::InvalidSettings(what));
     if let Some(p) = settings.sparsity {
@@ -176,28 +179,54 @@ fn validate_settings(settings: &Settings, trace_norm_factor: f64) -> Result<(), 
         }
     }
     if !settings.step.is_finite() || settings.step < 0.0 {
-        return invalid(format!("step {} must be finite and at least 0", settings.step));
+        return invalid(format!(
+            "step {} must be finite and at least 0",
+            settings.step
+        ));
     }
     if !settings.extra_rescale.is_finite() || settings.extra_rescale <= 0.0 {
-        return invalid(format!("extra rescale {} must be finite and positive", settings.extra_rescale));
+        return invalid(format!(
+            "extra rescale {} must be finite and positive",
+            settings.extra_rescale
+        ));
     }
     if !settings.max_error.is_finite() || settings.max_error < 0.0 {
-        return invalid(format!("max error {} must be finite and at least 0", settings.max_error));
+        return invalid(format!(
+            "max error {} must be finite and at least 0",
+            settings.max_error
+        ));
     }
     if !trace_norm_factor.is_finite() || trace_norm_factor <= 0.0 {
-        return invalid(format!("trace-norm factor {trace_norm_factor} must be finite and positive"));
+        return invalid(format!(
+            "trace-norm factor {trace_norm_factor} must be finite and positive"
+        ));
     }
     Ok(())
 }
 
 fn validate_tensor(tensor: &TensorDelta) -> Result<(), UltraDeltaError> {
-    let invalid = |reason: String| Err(UltraDeltaError::InvalidInput { name: tensor.name.to_string(), reason });
+    let invalid = |reason: String| {
+        Err(UltraDeltaError::InvalidInput {
+            name: tensor.name.to_string(),
+            reason,
+        })
+    };
     if tensor.shape.len() > MAX_NDIM {
-        return invalid(format!("{} dimensions, at most {MAX_NDIM} supported", tensor.shape.len()));
+        return invalid(format!(
+            "{} dimensions, at most {MAX_NDIM} supported",
+            tensor.shape.len()
+        ));
     }
-    let numel = tensor.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_NUMEL);
+    let numel = tensor
+        .shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_NUMEL);
     let Some(numel) = numel else {
-        return invalid(format!("shape {:?} has more than {MAX_NUMEL} elements", tensor.shape));
+        return invalid(format!(
+            "shape {:?} has more than {MAX_NUMEL} elements",
+            tensor.shape
+        ));
     };
     if tensor.base.len() as u64 != numel || tensor.finetuned.len() as u64 != numel {
         return invalid(format!(
@@ -207,9 +236,16 @@ fn validate_tensor(tensor: &TensorDelta) -> Result<(), UltraDeltaError> {
             tensor.finetuned.len()
         ));
     }
-    let finite = tensor.base.par_iter().zip(tensor.finetuned.par_iter()).all(|(b, f)| (f - b).is_finite());
+    let finite = tensor
+        .base
+        .par_iter()
+        .zip(tensor.finetuned.par_iter())
+        .all(|(b, f)| (f - b).is_finite());
     if !finite {
-        return invalid("base or fine-tune has a non-finite value or delta; store it with the lossless codec".into());
+        return invalid(
+            "base or fine-tune has a non-finite value or delta; store it with the lossless codec"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -236,7 +272,10 @@ pub fn encode_commit(
             tensors.len()
         )));
     }
-    let float_dtypes: Vec<FloatDtype> = dtypes.iter().map(FloatDtype::from_dtype).collect::<Result<_, _>>()?;
+    let float_dtypes: Vec<FloatDtype> = dtypes
+        .iter()
+        .map(FloatDtype::from_dtype)
+        .collect::<Result<_, _>>()?;
     tensors.par_iter().try_for_each(validate_tensor)?;
 
     let template = |tensor: &TensorDelta| TensorPlan {
@@ -250,60 +289,63 @@ pub fn encode_commit(
         value_coding: settings.value_coding,
     };
 
-    let (mode, nominal_ratio, choices): (&'static str, Option<f64>, Vec<(TensorPlan, EncodedTensor, Option<Band>)>) =
-        match settings.sparsity {
-            Some(p) => {
-                let bits = settings.bits.unwrap_or(4);
-                let std_devs: Vec<f64> = tensors
-                    .par_iter()
-                    .map(|t| {
-                        let q = quantize::Quantizer::fit(t.base, t.finetuned, bits);
-                        q.std_dev(&q.histogram(t.base, t.finetuned))
-                    })
-                    .collect();
-                let numels: Vec<u64> = tensors.iter().map(|t| t.base.len() as u64).collect();
-                let allocation = allocate::allocate(&std_devs, &numels, p, settings.step);
-                let choices = tensors
-                    .par_iter()
-                    .zip(float_dtypes.par_iter())
-                    .enumerate()
-                    .map(|(i, (t, &dtype))| {
-                        let plan = TensorPlan {
-                            bits,
-                            tensor_sparsity: allocation.rates[i],
-                            commit_sparsity: p,
-                            rescale: settings.extra_rescale / (1.0 - p),
-                            ..template(t)
-                        };
-                        let pruned = prune_tensor(t.base, t.finetuned, &plan);
-                        let encoded = write_object(&pruned, t.shape, dtype, &plan);
-                        (plan, encoded, Some(allocation.bands[i]))
-                    })
-                    .collect();
-                ("explicit", Some(16.0 / f64::from(bits) / (1.0 - p)), choices)
-            }
-            None => {
-                let bit_range = settings.bits.map_or((2, 8), |b| (b, b));
-                let choices = tensors
-                    .par_iter()
-                    .zip(float_dtypes.par_iter())
-                    .map(|(t, &dtype)| {
-                        let choice = budget::search(
-                            t.base,
-                            t.finetuned,
-                            t.shape,
-                            dtype,
-                            &template(t),
-                            bit_range,
-                            settings.max_error,
-                            settings.extra_rescale,
-                        );
-                        (choice.plan, choice.encoded, None)
-                    })
-                    .collect();
-                ("budget", None, choices)
-            }
-        };
+    let (mode, nominal_ratio, choices): (&'static str, Option<f64>, Vec<Choice>) = match settings
+        .sparsity
+    {
+        Some(p) => {
+            let bits = settings.bits.unwrap_or(4);
+            let std_devs: Vec<f64> = tensors
+                .par_iter()
+                .map(|t| {
+                    let q = quantize::Quantizer::fit(t.base, t.finetuned, bits);
+                    q.std_dev(&q.histogram(t.base, t.finetuned))
+                })
+                .collect();
+            let numels: Vec<u64> = tensors.iter().map(|t| t.base.len() as u64).collect();
+            let allocation = allocate::allocate(&std_devs, &numels, p, settings.step);
+            let choices = tensors
+                .par_iter()
+                .zip(float_dtypes.par_iter())
+                .enumerate()
+                .map(|(i, (t, &dtype))| {
+                    let plan = TensorPlan {
+                        bits,
+                        tensor_sparsity: allocation.rates[i],
+                        commit_sparsity: p,
+                        rescale: settings.extra_rescale / (1.0 - p),
+                        ..template(t)
+                    };
+                    let pruned = prune_tensor(t.base, t.finetuned, &plan);
+                    let encoded = write_object(&pruned, t.shape, dtype, &plan);
+                    (plan, encoded, Some(allocation.bands[i]))
+                })
+                .collect();
+            (
+                "explicit",
+                Some(16.0 / f64::from(bits) / (1.0 - p)),
+                choices,
+            )
+        }
+        None => {
+            let (min_bits, max_bits) = settings.bits.map_or((2, 8), |b| (b, b));
+            let limits = budget::Budget {
+                min_bits,
+                max_bits,
+                max_error: settings.max_error,
+                extra_rescale: settings.extra_rescale,
+            };
+            let choices = tensors
+                .par_iter()
+                .zip(float_dtypes.par_iter())
+                .map(|(t, &dtype)| {
+                    let choice =
+                        budget::search(t.base, t.finetuned, t.shape, dtype, &template(t), &limits);
+                    (choice.plan, choice.encoded, None)
+                })
+                .collect();
+            ("budget", None, choices)
+        }
+    };
 
     // Fidelity is measured on the decoded objects, so a format bug shows up as error here.
     let measured: Vec<(TensorStats, Fidelity)> = tensors
@@ -313,13 +355,32 @@ pub fn encode_commit(
         .map(|((t, &dtype), (plan, encoded, band))| {
             let (_, decoded) = decode_object(&encoded.payload, Some(t.base.len() as u64), true)?;
             let fidelity = Fidelity::measure(t.base, t.finetuned, &decoded, dtype);
-            Ok((tensor_stats(t, dtype, plan, encoded, *band, &fidelity, settings.max_error), fidelity))
+            Ok((
+                tensor_stats(
+                    t,
+                    dtype,
+                    plan,
+                    encoded,
+                    *band,
+                    &fidelity,
+                    settings.max_error,
+                ),
+                fidelity,
+            ))
         })
         .collect::<Result<_, UltraDeltaError>>()?;
     let (stats, fidelities): (Vec<TensorStats>, Vec<Fidelity>) = measured.into_iter().unzip();
-    let summary = CommitStats::summarise(mode, &stats, &fidelities, settings.max_error, nominal_ratio);
-    let objects = choices.into_iter().map(|(_, encoded, _)| encoded.payload).collect();
-    Ok(EncodedCommit { objects, stats, summary })
+    let summary =
+        CommitStats::summarise(mode, &stats, &fidelities, settings.max_error, nominal_ratio);
+    let objects = choices
+        .into_iter()
+        .map(|(_, encoded, _)| encoded.payload)
+        .collect();
+    Ok(EncodedCommit {
+        objects,
+        stats,
+        summary,
+    })
 }
 
 fn tensor_stats(
@@ -346,7 +407,11 @@ fn tensor_stats(
         bits: plan.bits,
         band,
         target_sparsity: plan.tensor_sparsity,
-        sparsity: if numel == 0 { 0.0 } else { encoded.zeros as f64 / numel as f64 },
+        sparsity: if numel == 0 {
+            0.0
+        } else {
+            encoded.zeros as f64 / numel as f64
+        },
         dropped: encoded.dropped,
         kept: encoded.kept,
         rescale: plan.rescale,
@@ -374,7 +439,11 @@ pub fn decode_delta(payload: &[u8]) -> Result<Vec<f32>, UltraDeltaError> {
 }
 
 /// Rebuilds the tensor bytes: `base + delta` in the tensor's dtype, rounded to nearest even.
-pub fn reconstruct(base_bytes: &[u8], dtype: &Dtype, payload: &[u8]) -> Result<Vec<u8>, UltraDeltaError> {
+pub fn reconstruct(
+    base_bytes: &[u8],
+    dtype: &Dtype,
+    payload: &[u8],
+) -> Result<Vec<u8>, UltraDeltaError> {
     let float = FloatDtype::from_dtype(dtype)?;
     let header = object::parse(payload)?.header;
     if header.dtype != float {
@@ -409,7 +478,10 @@ pub fn object_trace_norm(payload: &[u8]) -> Result<Option<f64>, UltraDeltaError>
 
 /// Trace norm of a commit: the sum over its 2-D objects, the input of [`family_factors`].
 pub fn commit_trace_norm(objects: &[Vec<u8>]) -> Result<f64, UltraDeltaError> {
-    let norms: Vec<Option<f64>> = objects.par_iter().map(|o| object_trace_norm(o)).collect::<Result<_, _>>()?;
+    let norms: Vec<Option<f64>> = objects
+        .par_iter()
+        .map(|o| object_trace_norm(o))
+        .collect::<Result<_, _>>()?;
     Ok(norms.into_iter().flatten().sum())
 }
 

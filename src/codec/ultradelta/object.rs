@@ -102,7 +102,8 @@ fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_BYTES] {
 }
 
 pub(crate) fn write(header: &Header, positions: &[u8], values: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + 8 * header.shape.len() + 80 + positions.len() + values.len() + 8);
+    let mut out =
+        Vec::with_capacity(16 + 8 * header.shape.len() + 80 + positions.len() + values.len() + 8);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.push(CODEC_ID);
@@ -135,7 +136,12 @@ pub(crate) fn write(header: &Header, positions: &[u8], values: &[u8]) -> Vec<u8>
     ] {
         out.extend_from_slice(&value.to_le_bytes());
     }
-    for value in [header.seed, header.kept, positions.len() as u64, values.len() as u64] {
+    for value in [
+        header.seed,
+        header.kept,
+        positions.len() as u64,
+        values.len() as u64,
+    ] {
         out.extend_from_slice(&value.to_le_bytes());
     }
     out.extend_from_slice(positions);
@@ -156,7 +162,11 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], UltraDeltaError> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| corrupt("truncated header"))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| corrupt("truncated header"))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -168,7 +178,9 @@ impl<'a> Cursor<'a> {
 
     fn u64(&mut self) -> Result<u64, UltraDeltaError> {
         let b = self.take(8)?;
-        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        Ok(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
     }
 
     fn f64(&mut self) -> Result<f64, UltraDeltaError> {
@@ -179,7 +191,10 @@ impl<'a> Cursor<'a> {
 /// Parses and validates an object; no allocation depends on untrusted sizes beyond the shape.
 pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
     if payload.len() < 16 + 80 + CHECKSUM_BYTES {
-        return Err(corrupt(format!("{} bytes is shorter than the smallest object", payload.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the smallest object",
+            payload.len()
+        )));
     }
     let (body, sum) = payload.split_at(payload.len() - CHECKSUM_BYTES);
     if checksum(body) != sum {
@@ -191,17 +206,22 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
     }
     let version = u16::from_le_bytes([cur.u8()?, cur.u8()?]);
     if version != VERSION {
-        return Err(corrupt(format!("format version {version} is not supported (expected {VERSION}); upgrade wstore")));
+        return Err(corrupt(format!(
+            "format version {version} is not supported (expected {VERSION}); upgrade wstore"
+        )));
     }
     let codec = cur.u8()?;
     if codec != CODEC_ID {
         return Err(corrupt(format!("codec id {codec}, expected {CODEC_ID}")));
     }
     let dtype_code = cur.u8()?;
-    let dtype = FloatDtype::from_code(dtype_code).ok_or_else(|| corrupt(format!("unknown dtype code {dtype_code}")))?;
+    let dtype = FloatDtype::from_code(dtype_code)
+        .ok_or_else(|| corrupt(format!("unknown dtype code {dtype_code}")))?;
     let bits = cur.u8()?;
     if !(1..=8).contains(&bits) {
-        return Err(corrupt(format!("{bits} quantization bits, expected 1 to 8")));
+        return Err(corrupt(format!(
+            "{bits} quantization bits, expected 1 to 8"
+        )));
     }
     let mask_mode = match cur.u8()? {
         0 => MaskMode::Grouped,
@@ -213,17 +233,24 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
     let layout = match (layout_code, position_code) {
         (0, 0) => Layout::Dense,
         (1, code) => Layout::Grouped(
-            PositionCoding::from_code(code).ok_or_else(|| corrupt(format!("unknown position coding {code}")))?,
+            PositionCoding::from_code(code)
+                .ok_or_else(|| corrupt(format!("unknown position coding {code}")))?,
         ),
         (2, 0) => Layout::Seeded,
-        (layout, coding) => return Err(corrupt(format!("layout {layout} with position coding {coding}"))),
+        (layout, coding) => {
+            return Err(corrupt(format!(
+                "layout {layout} with position coding {coding}"
+            )))
+        }
     };
     let value_code = cur.u8()?;
-    let value_coding =
-        ValueCoding::from_code(value_code).ok_or_else(|| corrupt(format!("unknown value coding {value_code}")))?;
+    let value_coding = ValueCoding::from_code(value_code)
+        .ok_or_else(|| corrupt(format!("unknown value coding {value_code}")))?;
     let ndim = usize::from(cur.u8()?);
     if ndim > MAX_NDIM {
-        return Err(corrupt(format!("{ndim} dimensions, at most {MAX_NDIM} supported")));
+        return Err(corrupt(format!(
+            "{ndim} dimensions, at most {MAX_NDIM} supported"
+        )));
     }
     if cur.take(2)? != [0, 0] {
         return Err(corrupt("reserved bytes are not zero"));
@@ -232,9 +259,10 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
     let mut numel = 1u64;
     for _ in 0..ndim {
         let dim = cur.u64()?;
-        numel = numel.checked_mul(dim).filter(|&n| n <= MAX_NUMEL).ok_or_else(|| {
-            corrupt(format!("shape has more than {MAX_NUMEL} elements"))
-        })?;
+        numel = numel
+            .checked_mul(dim)
+            .filter(|&n| n <= MAX_NUMEL)
+            .ok_or_else(|| corrupt(format!("shape has more than {MAX_NUMEL} elements")))?;
         shape.push(dim);
     }
 
@@ -244,9 +272,20 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
     let commit_sparsity = cur.f64()?;
     let rescale = cur.f64()?;
     let trace_norm_factor = cur.f64()?;
-    let all_finite = [min, step, tensor_sparsity, commit_sparsity, rescale, trace_norm_factor].iter().all(|v| v.is_finite());
+    let all_finite = [
+        min,
+        step,
+        tensor_sparsity,
+        commit_sparsity,
+        rescale,
+        trace_norm_factor,
+    ]
+    .iter()
+    .all(|v| v.is_finite());
     if !all_finite || step < 0.0 {
-        return Err(corrupt("non-finite level grid or factors, or negative step"));
+        return Err(corrupt(
+            "non-finite level grid or factors, or negative step",
+        ));
     }
     let seed = cur.u64()?;
     let kept = cur.u64()?;
@@ -255,12 +294,16 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
     if kept > numel || (layout == Layout::Dense && kept != numel) {
         return Err(corrupt(format!("{kept} kept codes for {numel} elements")));
     }
-    let sections_end = (cur.at as u64).checked_add(positions_len).and_then(|n| n.checked_add(values_len));
+    let sections_end = (cur.at as u64)
+        .checked_add(positions_len)
+        .and_then(|n| n.checked_add(values_len));
     if sections_end != Some(body.len() as u64) {
         return Err(corrupt("section lengths do not match the object size"));
     }
     if !matches!(layout, Layout::Grouped(_)) && positions_len != 0 {
-        return Err(corrupt("positions section present in a layout without positions"));
+        return Err(corrupt(
+            "positions section present in a layout without positions",
+        ));
     }
     let positions = cur.take(positions_len as usize)?;
     let values = cur.take(values_len as usize)?;
@@ -281,13 +324,19 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Object<'_>, UltraDeltaError> {
         seed,
         kept,
     };
-    Ok(Object { header, positions, values })
+    Ok(Object {
+        header,
+        positions,
+        values,
+    })
 }
 
 /// Returns a copy of `payload` with a new frozen trace-norm factor and an updated checksum.
 pub fn with_trace_norm_factor(payload: &[u8], factor: f64) -> Result<Vec<u8>, UltraDeltaError> {
     if !factor.is_finite() {
-        return Err(UltraDeltaError::InvalidSettings(format!("trace-norm factor {factor} is not finite")));
+        return Err(UltraDeltaError::InvalidSettings(format!(
+            "trace-norm factor {factor} is not finite"
+        )));
     }
     let object = parse(payload)?;
     let offset = 16 + 8 * object.header.shape.len() + TRACE_FACTOR_OFFSET;

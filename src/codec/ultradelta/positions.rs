@@ -42,7 +42,11 @@ struct BitWriter {
 
 impl BitWriter {
     fn new(capacity_bits: u64) -> Self {
-        Self { bytes: Vec::with_capacity((capacity_bits / 8 + 9) as usize), acc: 0, len: 0 }
+        Self {
+            bytes: Vec::with_capacity((capacity_bits / 8 + 9) as usize),
+            acc: 0,
+            len: 0,
+        }
     }
 
     /// Appends the low `n <= 32` bits of `value`.
@@ -185,7 +189,10 @@ pub(crate) fn encode(positions: &[u64], numel: u64) -> (PositionCoding, Vec<u8>)
     if rice_bits <= ef_bits {
         (PositionCoding::Rice, encode_rice(positions, k, rice_bits))
     } else {
-        (PositionCoding::EliasFano, encode_elias_fano(positions, l, ef_bits))
+        (
+            PositionCoding::EliasFano,
+            encode_elias_fano(positions, l, ef_bits),
+        )
     }
 }
 
@@ -252,14 +259,18 @@ pub(crate) fn decode(
     count: u64,
     numel: u64,
 ) -> Result<Vec<u64>, UltraDeltaError> {
-    let (&param, stream) = section.split_first().ok_or_else(|| corrupt("empty section"))?;
+    let (&param, stream) = section
+        .split_first()
+        .ok_or_else(|| corrupt("empty section"))?;
     if param > 31 {
         return Err(corrupt("parameter above 31"));
     }
     // Every position costs at least one bit, so a count above the stream's bits is corrupt and
     // is rejected before allocating.
     if count > stream.len() as u64 * 8 || count > numel {
-        return Err(corrupt("more positions than the section or tensor can hold"));
+        return Err(corrupt(
+            "more positions than the section or tensor can hold",
+        ));
     }
     let mut reader = BitReader::new(stream);
     let mut positions = Vec::with_capacity(count as usize);
@@ -267,10 +278,16 @@ pub(crate) fn decode(
         PositionCoding::Rice => {
             let mut next = 0u64;
             for _ in 0..count {
-                let high = reader.get_unary(numel).ok_or_else(|| corrupt("truncated gap"))?;
-                let low = reader.get(u32::from(param)).ok_or_else(|| corrupt("truncated gap"))?;
+                let high = reader
+                    .get_unary(numel)
+                    .ok_or_else(|| corrupt("truncated gap"))?;
+                let low = reader
+                    .get(u32::from(param))
+                    .ok_or_else(|| corrupt("truncated gap"))?;
                 let gap = high.checked_mul(1u64 << param).map(|h| h | low);
-                let p = gap.and_then(|g| next.checked_add(g)).ok_or_else(|| corrupt("gap overflow"))?;
+                let p = gap
+                    .and_then(|g| next.checked_add(g))
+                    .ok_or_else(|| corrupt("gap overflow"))?;
                 if p >= numel {
                     return Err(corrupt("position beyond the tensor"));
                 }
@@ -290,7 +307,11 @@ pub(crate) fn decode(
             }
             let mut lows = Vec::with_capacity(count as usize);
             for _ in 0..count {
-                lows.push(reader.get(u32::from(l)).ok_or_else(|| corrupt("truncated low bits"))?);
+                lows.push(
+                    reader
+                        .get(u32::from(l))
+                        .ok_or_else(|| corrupt("truncated low bits"))?,
+                );
             }
             let mut bucket = 0u64;
             for (i, &low) in lows.iter().enumerate() {
@@ -317,7 +338,9 @@ mod tests {
     use super::*;
 
     fn sample_positions(numel: u64, keep_every: u64) -> Vec<u64> {
-        (0..numel).filter(|i| (i * 2654435761) % keep_every == 0).collect()
+        (0..numel)
+            .filter(|i| (i * 2654435761) % keep_every == 0)
+            .collect()
     }
 
     #[test]
@@ -327,11 +350,20 @@ mod tests {
             let m = positions.len() as u64;
             let (k, bits) = best_rice(&positions, numel);
             let rice = encode_rice(&positions, k, bits);
-            assert_eq!(decode(PositionCoding::Rice, &rice, m, numel).unwrap(), positions);
+            assert_eq!(
+                decode(PositionCoding::Rice, &rice, m, numel).unwrap(),
+                positions
+            );
             let l = elias_fano_low_bits(m, numel);
             let ef = encode_elias_fano(&positions, l, elias_fano_bits(m, numel, l));
-            assert_eq!(ef.len() as u64, 1 + elias_fano_bits(m, numel, l).div_ceil(8));
-            assert_eq!(decode(PositionCoding::EliasFano, &ef, m, numel).unwrap(), positions);
+            assert_eq!(
+                ef.len() as u64,
+                1 + elias_fano_bits(m, numel, l).div_ceil(8)
+            );
+            assert_eq!(
+                decode(PositionCoding::EliasFano, &ef, m, numel).unwrap(),
+                positions
+            );
         }
     }
 

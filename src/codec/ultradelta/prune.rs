@@ -49,11 +49,16 @@ fn draw_drop(rng: &mut ChaCha8Rng, to_drop: u64, remaining: u64) -> bool {
 /// level). Every group thus loses `round(n_g * q)` entries within one, and the tensor loses
 /// exactly `round(nonzero * q)`. The zero level, if any, is never pruned because it already
 /// decodes to 0.
-pub(crate) fn group_drop_counts(histogram: &[u64; 256], zero_code: Option<u8>, q: f64) -> [u64; 256] {
+pub(crate) fn group_drop_counts(
+    histogram: &[u64; 256],
+    zero_code: Option<u8>,
+    q: f64,
+) -> [u64; 256] {
     let mut drops = [0u64; 256];
     let q = q.clamp(0.0, 1.0);
-    let candidates: Vec<usize> =
-        (0..256).filter(|&c| histogram[c] > 0 && Some(c as u8) != zero_code).collect();
+    let candidates: Vec<usize> = (0..256)
+        .filter(|&c| histogram[c] > 0 && Some(c as u8) != zero_code)
+        .collect();
     let nonzero: u64 = candidates.iter().map(|&c| histogram[c]).sum();
     let target = (nonzero as f64 * q).round() as u64;
 
@@ -91,7 +96,10 @@ pub(crate) fn grouped_kept_positions(
     let mut rng = mask_rng(tensor_seed);
     let mut remaining = *histogram;
     let mut to_drop = *drops;
-    let nonzero: u64 = (0..256).filter(|&c| Some(c as u8) != zero_code).map(|c| histogram[c]).sum();
+    let nonzero: u64 = (0..256)
+        .filter(|&c| Some(c as u8) != zero_code)
+        .map(|c| histogram[c])
+        .sum();
     let dropped: u64 = to_drop.iter().sum();
     let mut kept = Vec::with_capacity((nonzero - dropped.min(nonzero)) as usize);
     for (i, &code) in codes.iter().enumerate() {
@@ -112,7 +120,12 @@ pub(crate) fn grouped_kept_positions(
 
 /// Calls `visit(index, dropped)` for every position of a tensor whose seeded mask drops exactly
 /// `dropped` of `numel` positions. The encoder and decoder both go through this function.
-pub(crate) fn for_each_seeded(numel: u64, dropped: u64, tensor_seed: u64, mut visit: impl FnMut(u64, bool)) {
+pub(crate) fn for_each_seeded(
+    numel: u64,
+    dropped: u64,
+    tensor_seed: u64,
+    mut visit: impl FnMut(u64, bool),
+) {
     let mut rng = mask_rng(tensor_seed);
     let mut to_drop = dropped;
     for i in 0..numel {
@@ -159,7 +172,11 @@ mod tests {
             kept_per_level[usize::from(codes[i as usize])] += 1;
         }
         for level in 0..13 {
-            let expected = if level == 4 { 0 } else { histogram[level] - drops[level] };
+            let expected = if level == 4 {
+                0
+            } else {
+                histogram[level] - drops[level]
+            };
             assert_eq!(kept_per_level[level], expected, "level {level}");
             let exact = histogram[level] as f64 * 0.9;
             if level != 4 {

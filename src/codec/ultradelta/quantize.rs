@@ -23,18 +23,31 @@ impl Quantizer {
             .par_chunks(CHUNK)
             .zip(finetuned.par_chunks(CHUNK))
             .map(|(b, f)| {
-                b.iter().zip(f).fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (&b, &f)| {
-                    let d = f - b;
-                    (lo.min(d), hi.max(d))
-                })
+                b.iter()
+                    .zip(f)
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (&b, &f)| {
+                        let d = f - b;
+                        (lo.min(d), hi.max(d))
+                    })
             })
-            .reduce(|| (f32::INFINITY, f32::NEG_INFINITY), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+            .reduce(
+                || (f32::INFINITY, f32::NEG_INFINITY),
+                |a, b| (a.0.min(b.0), a.1.max(b.1)),
+            );
         if base.is_empty() {
-            return Self { min: 0.0, step: 0.0, bits };
+            return Self {
+                min: 0.0,
+                step: 0.0,
+                bits,
+            };
         }
         let levels = (1u32 << bits) - 1;
         let step = (f64::from(max) - f64::from(min)) / f64::from(levels);
-        Self { min: f64::from(min), step, bits }
+        Self {
+            min: f64::from(min),
+            step,
+            bits,
+        }
     }
 
     pub(crate) fn max_code(&self) -> u8 {
@@ -106,7 +119,12 @@ impl Quantizer {
             return 0.0;
         }
         let n = n as f64;
-        let mean = histogram.iter().enumerate().map(|(c, &k)| k as f64 * self.value(c as u8)).sum::<f64>() / n;
+        let mean = histogram
+            .iter()
+            .enumerate()
+            .map(|(c, &k)| k as f64 * self.value(c as u8))
+            .sum::<f64>()
+            / n;
         let var = histogram
             .iter()
             .enumerate()
@@ -127,15 +145,22 @@ mod tests {
     #[test]
     fn quantization_error_within_half_step() {
         let base: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
-        let finetuned: Vec<f32> =
-            base.iter().enumerate().map(|(i, b)| b + (i as f32 * 1.3).cos() * 0.01).collect();
+        let finetuned: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b + (i as f32 * 1.3).cos() * 0.01)
+            .collect();
         for bits in 1..=8u8 {
             let q = Quantizer::fit(&base, &finetuned, bits);
             let codes = q.codes(&base, &finetuned);
             for ((&b, &f), &c) in base.iter().zip(&finetuned).zip(&codes) {
                 let x = f64::from(f - b);
                 let err = (x - q.value(c)).abs();
-                assert!(err <= q.step / 2.0 * (1.0 + 1e-9), "bits {bits}: error {err} > step/2 {}", q.step / 2.0);
+                assert!(
+                    err <= q.step / 2.0 * (1.0 + 1e-9),
+                    "bits {bits}: error {err} > step/2 {}",
+                    q.step / 2.0
+                );
             }
         }
     }

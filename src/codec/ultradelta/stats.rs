@@ -29,7 +29,12 @@ pub(crate) struct Fidelity {
 impl Fidelity {
     /// Measures `decoded` against `finetuned - base`. Sums run over fixed chunks and combine in
     /// order, so the result does not depend on the thread count.
-    pub(crate) fn measure(base: &[f32], finetuned: &[f32], decoded: &[f32], dtype: FloatDtype) -> Self {
+    pub(crate) fn measure(
+        base: &[f32],
+        finetuned: &[f32],
+        decoded: &[f32],
+        dtype: FloatDtype,
+    ) -> Self {
         let parts: Vec<Fidelity> = base
             .par_chunks(CHUNK)
             .zip(finetuned.par_chunks(CHUNK))
@@ -199,8 +204,12 @@ impl CommitStats {
         let stored_bytes: u64 = stats.iter().map(|s| s.object_bytes).sum();
         let value_bytes: u64 = stats.iter().map(|s| s.value_bytes).sum();
         let position_bytes: u64 = stats.iter().map(|s| s.position_bytes).sum();
-        let total = fidelities.iter().fold(Fidelity::default(), |acc, f| acc.add(f));
-        let worst = stats.iter().max_by(|a, b| a.rel_error.total_cmp(&b.rel_error));
+        let total = fidelities
+            .iter()
+            .fold(Fidelity::default(), |acc, f| acc.add(f));
+        let worst = stats
+            .iter()
+            .max_by(|a, b| a.rel_error.total_cmp(&b.rel_error));
         let weighted_sparsity: f64 = stats.iter().map(|s| s.sparsity * s.numel as f64).sum();
         let per_param = |x: f64| if numel == 0 { 0.0 } else { x / numel as f64 };
         let payload_bits = 8 * (value_bytes + position_bytes);
@@ -210,11 +219,19 @@ impl CommitStats {
             numel,
             original_bytes,
             stored_bytes,
-            ratio: if stored_bytes == 0 { 0.0 } else { original_bytes as f64 / stored_bytes as f64 },
+            ratio: if stored_bytes == 0 {
+                0.0
+            } else {
+                original_bytes as f64 / stored_bytes as f64
+            },
             value_bytes,
             position_bytes,
             bits_per_parameter: per_param(8.0 * stored_bytes as f64),
-            paper_ratio: if payload_bits == 0 { 0.0 } else { 16.0 * numel as f64 / payload_bits as f64 },
+            paper_ratio: if payload_bits == 0 {
+                0.0
+            } else {
+                16.0 * numel as f64 / payload_bits as f64
+            },
             nominal_ratio,
             sparsity: per_param(weighted_sparsity),
             delta_rel_error: total.delta_rel_error(),

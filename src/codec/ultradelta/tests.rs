@@ -30,9 +30,18 @@ struct Family {
 impl Family {
     /// Tensors with different delta scales, so their variances differ.
     fn new(shapes: &[(u64, u64)], seed: u64) -> Self {
-        let mut family = Family { names: vec![], shapes: vec![], bases: vec![], finetuned: vec![] };
+        let mut family = Family {
+            names: vec![],
+            shapes: vec![],
+            bases: vec![],
+            finetuned: vec![],
+        };
         for (i, &(rows, cols)) in shapes.iter().enumerate() {
-            let (b, f) = synthetic((rows * cols) as usize, 1e-3 * (1.0 + i as f32), seed + i as u64);
+            let (b, f) = synthetic(
+                (rows * cols) as usize,
+                1e-3 * (1.0 + i as f32),
+                seed + i as u64,
+            );
             family.names.push(format!("layers.{i}.weight"));
             family.shapes.push(vec![rows, cols]);
             family.bases.push(b);
@@ -63,23 +72,48 @@ impl Family {
 }
 
 fn explicit(p: f64, bits: u8, mask_mode: MaskMode) -> Settings {
-    Settings { sparsity: Some(p), bits: Some(bits), mask_mode, seed: 11, ..Settings::default() }
+    Settings {
+        sparsity: Some(p),
+        bits: Some(bits),
+        mask_mode,
+        seed: 11,
+        ..Settings::default()
+    }
 }
 
 #[test]
 fn weighted_mean_sparsity_matches_target() {
-    let family = Family::new(&[(64, 64), (32, 100), (128, 16), (10, 300), (50, 50), (7, 13)], 1);
+    let family = Family::new(
+        &[(64, 64), (32, 100), (128, 16), (10, 300), (50, 50), (7, 13)],
+        1,
+    );
     for mode in [MaskMode::Grouped, MaskMode::Seeded] {
-        let commit = encode_commit(&family.tensors(), &vec![Dtype::F32; 6], &explicit(0.9, 4, mode), 1.0).unwrap();
+        let commit = encode_commit(
+            &family.tensors(),
+            &vec![Dtype::F32; 6],
+            &explicit(0.9, 4, mode),
+            1.0,
+        )
+        .unwrap();
         let numel: u64 = commit.stats.iter().map(|s| s.numel).sum();
-        let zeros: f64 = commit.stats.iter().map(|s| s.sparsity * s.numel as f64).sum();
+        let zeros: f64 = commit
+            .stats
+            .iter()
+            .map(|s| s.sparsity * s.numel as f64)
+            .sum();
         let target = 0.9 * numel as f64;
         // Both modes drop exactly round(n * r_t) entries per tensor. Seeded drops may land on an
         // exact-zero level, so only the grouped mode is also checked by its count of zeros.
         let dropped: u64 = commit.stats.iter().map(|s| s.dropped).sum();
-        assert!((dropped as f64 - target).abs() <= 6.0, "{mode:?}: dropped {dropped}, target {target}");
+        assert!(
+            (dropped as f64 - target).abs() <= 6.0,
+            "{mode:?}: dropped {dropped}, target {target}"
+        );
         if mode == MaskMode::Grouped {
-            assert!((zeros - target).abs() <= 6.0, "zeros {zeros}, target {target}");
+            assert!(
+                (zeros - target).abs() <= 6.0,
+                "zeros {zeros}, target {target}"
+            );
         }
     }
 }
@@ -107,7 +141,11 @@ fn grouped_commit_keeps_exact_level_counts() {
     assert_eq!(q.zero_code(), None);
     for level in 0..8 {
         let drops = total[level] - kept[level];
-        assert!((drops as f64 - total[level] as f64 * 0.7).abs() < 1.0, "level {level}: {drops} of {}", total[level]);
+        assert!(
+            (drops as f64 - total[level] as f64 * 0.7).abs() < 1.0,
+            "level {level}: {drops} of {}",
+            total[level]
+        );
     }
 }
 
@@ -115,10 +153,18 @@ fn grouped_commit_keeps_exact_level_counts() {
 fn budget_mode_keeps_tensors_within_max_error() {
     let family = Family::new(&[(64, 64), (16, 256), (100, 10)], 5).rounded_to_bf16();
     for max_error in [1e-2, 3e-3, 1e-3] {
-        let settings = Settings { max_error, ..Settings::default() };
-        let commit = encode_commit(&family.tensors(), &vec![Dtype::BF16; 3], &settings, 1.0).unwrap();
+        let settings = Settings {
+            max_error,
+            ..Settings::default()
+        };
+        let commit =
+            encode_commit(&family.tensors(), &vec![Dtype::BF16; 3], &settings, 1.0).unwrap();
         for stats in &commit.stats {
-            assert!(stats.within_budget, "{}: error {} over {max_error}", stats.name, stats.rel_error);
+            assert!(
+                stats.within_budget,
+                "{}: error {} over {max_error}",
+                stats.name, stats.rel_error
+            );
             assert!(stats.rel_error <= max_error);
         }
         assert!(commit.summary.within_budget);
@@ -130,21 +176,34 @@ fn budget_mode_prunes_when_budget_allows() {
     // Deltas of rms 1.4e-3 against weights of rms 0.058: pruning at rate s adds about
     // 0.024 * sqrt(s / (1 - s)) of relative error, so a 10 % budget allows s = 0.9.
     let family = Family::new(&[(64, 64)], 9);
-    let settings = Settings { max_error: 0.1, ..Settings::default() };
+    let settings = Settings {
+        max_error: 0.1,
+        ..Settings::default()
+    };
     let commit = encode_commit(&family.tensors(), &[Dtype::F32], &settings, 1.0).unwrap();
-    assert!(commit.stats[0].target_sparsity >= 0.9, "chose {}", commit.stats[0].target_sparsity);
+    assert!(
+        commit.stats[0].target_sparsity >= 0.9,
+        "chose {}",
+        commit.stats[0].target_sparsity
+    );
     assert_eq!(commit.summary.mode, "budget");
 }
 
 #[test]
 fn over_budget_tensor_is_flagged() {
     let family = Family::new(&[(32, 32)], 2);
-    let settings = Settings { max_error: 0.0, ..Settings::default() };
+    let settings = Settings {
+        max_error: 0.0,
+        ..Settings::default()
+    };
     let commit = encode_commit(&family.tensors(), &[Dtype::F32], &settings, 1.0).unwrap();
     assert!(!commit.stats[0].within_budget);
     assert_eq!(commit.stats[0].bits, 8);
     assert_eq!(commit.stats[0].target_sparsity, 0.0);
-    assert_eq!(commit.summary.worst_tensor.as_deref(), Some("layers.0.weight"));
+    assert_eq!(
+        commit.summary.worst_tensor.as_deref(),
+        Some("layers.0.weight")
+    );
 }
 
 #[test]
@@ -155,11 +214,21 @@ fn objects_identical_across_thread_counts() {
     for settings in [
         explicit(0.97, 4, MaskMode::Grouped),
         explicit(0.97, 4, MaskMode::Seeded),
-        Settings { max_error: 5e-3, ..Settings::default() },
+        Settings {
+            max_error: 5e-3,
+            ..Settings::default()
+        },
     ] {
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| encode_commit(&tensors, &dtypes, &settings, 0.8).unwrap().objects)
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                encode_commit(&tensors, &dtypes, &settings, 0.8)
+                    .unwrap()
+                    .objects
+            })
         };
         let one = run(1);
         assert_eq!(one, run(3), "{settings:?}");
@@ -170,7 +239,13 @@ fn objects_identical_across_thread_counts() {
 fn reconstruct_adds_delta_in_dtype() {
     let family = Family::new(&[(40, 25)], 6);
     let tensors = family.tensors();
-    let commit = encode_commit(&tensors, &[Dtype::BF16], &explicit(0.5, 4, MaskMode::Seeded), 1.0).unwrap();
+    let commit = encode_commit(
+        &tensors,
+        &[Dtype::BF16],
+        &explicit(0.5, 4, MaskMode::Seeded),
+        1.0,
+    )
+    .unwrap();
     let base_bytes = values_to_bytes(&family.bases[0], &Dtype::BF16).unwrap();
     let rebuilt = reconstruct(&base_bytes, &Dtype::BF16, &commit.objects[0]).unwrap();
     let base_values = values_from_bytes(&base_bytes, &Dtype::BF16).unwrap();
@@ -184,7 +259,13 @@ fn reconstruct_adds_delta_in_dtype() {
 #[test]
 fn trace_norm_factor_is_frozen_and_rewritable() {
     let family = Family::new(&[(20, 30)], 8);
-    let commit = encode_commit(&family.tensors(), &[Dtype::F32], &explicit(0.5, 4, MaskMode::Grouped), 1.0).unwrap();
+    let commit = encode_commit(
+        &family.tensors(),
+        &[Dtype::F32],
+        &explicit(0.5, 4, MaskMode::Grouped),
+        1.0,
+    )
+    .unwrap();
     let unscaled = decode_delta(&commit.objects[0]).unwrap();
     let halved = with_trace_norm_factor(&commit.objects[0], 0.5).unwrap();
     let scaled = decode_delta(&halved).unwrap();
@@ -201,27 +282,54 @@ fn trace_norm_factor_is_frozen_and_rewritable() {
 fn invalid_inputs_are_rejected() {
     let base = [0.0f32; 4];
     let nan = [0.0, f32::NAN, 0.0, 0.0];
-    let tensors = [TensorDelta { name: "t", shape: &[2, 2], base: &base, finetuned: &nan }];
+    let tensors = [TensorDelta {
+        name: "t",
+        shape: &[2, 2],
+        base: &base,
+        finetuned: &nan,
+    }];
     assert!(matches!(
         encode_commit(&tensors, &[Dtype::F32], &Settings::default(), 1.0),
         Err(UltraDeltaError::InvalidInput { .. })
     ));
-    let tensors = [TensorDelta { name: "t", shape: &[3], base: &base, finetuned: &base }];
+    let tensors = [TensorDelta {
+        name: "t",
+        shape: &[3],
+        base: &base,
+        finetuned: &base,
+    }];
     assert!(encode_commit(&tensors, &[Dtype::F32], &Settings::default(), 1.0).is_err());
-    let tensors = [TensorDelta { name: "t", shape: &[4], base: &base, finetuned: &base }];
+    let tensors = [TensorDelta {
+        name: "t",
+        shape: &[4],
+        base: &base,
+        finetuned: &base,
+    }];
     assert!(matches!(
         encode_commit(&tensors, &[Dtype::I32], &Settings::default(), 1.0),
         Err(UltraDeltaError::UnsupportedDtype(_))
     ));
-    let bad = Settings { sparsity: Some(1.0), ..Settings::default() };
+    let bad = Settings {
+        sparsity: Some(1.0),
+        ..Settings::default()
+    };
     assert!(encode_commit(&tensors, &[Dtype::F32], &bad, 1.0).is_err());
 }
 
 #[test]
 fn zero_delta_tensor_round_trips() {
     let base = vec![0.25f32; 1000];
-    let tensors = [TensorDelta { name: "frozen", shape: &[1000], base: &base, finetuned: &base }];
-    for settings in [Settings::default(), explicit(0.97, 4, MaskMode::Grouped), explicit(0.97, 4, MaskMode::Seeded)] {
+    let tensors = [TensorDelta {
+        name: "frozen",
+        shape: &[1000],
+        base: &base,
+        finetuned: &base,
+    }];
+    for settings in [
+        Settings::default(),
+        explicit(0.97, 4, MaskMode::Grouped),
+        explicit(0.97, 4, MaskMode::Seeded),
+    ] {
         let commit = encode_commit(&tensors, &[Dtype::F32], &settings, 1.0).unwrap();
         assert_eq!(decode_delta(&commit.objects[0]).unwrap(), vec![0.0; 1000]);
         assert_eq!(commit.stats[0].rel_error, 0.0);
@@ -322,10 +430,21 @@ proptest! {
 #[test]
 fn flipped_byte_fails_checksum() {
     let (base, finetuned) = synthetic(100, 1e-2, 1);
-    let tensors = [TensorDelta { name: "w", shape: &[100], base: &base, finetuned: &finetuned }];
-    let mut object = encode_commit(&tensors, &[Dtype::F32], &Settings::default(), 1.0).unwrap().objects.remove(0);
+    let tensors = [TensorDelta {
+        name: "w",
+        shape: &[100],
+        base: &base,
+        finetuned: &finetuned,
+    }];
+    let mut object = encode_commit(&tensors, &[Dtype::F32], &Settings::default(), 1.0)
+        .unwrap()
+        .objects
+        .remove(0);
     object[40] ^= 1;
-    assert!(matches!(decode_delta(&object), Err(UltraDeltaError::Corrupt(_))));
+    assert!(matches!(
+        decode_delta(&object),
+        Err(UltraDeltaError::Corrupt(_))
+    ));
 }
 
 /// Prints section sizes of every storage choice on synthetic Laplace deltas. Run with
@@ -359,8 +478,14 @@ fn measure_storage_choices() {
                     encode::PrunedLayout::Grouped(kept) => positions::sizes(kept, numel),
                     _ => (0, 0),
                 };
-                let written = encode::write_object(&pruned, &[rows, cols], dtype::FloatDtype::F32, &plan);
-                let fidelity = stats::Fidelity::measure(&base, &finetuned, &pruned.decoded(&plan), dtype::FloatDtype::F32);
+                let written =
+                    encode::write_object(&pruned, &[rows, cols], dtype::FloatDtype::F32, &plan);
+                let fidelity = stats::Fidelity::measure(
+                    &base,
+                    &finetuned,
+                    &pruned.decoded(&plan),
+                    dtype::FloatDtype::F32,
+                );
                 println!(
                     "| {p} | {bits} | {mode:?} | {} | {rans} | {zstd} | {h:.0} | {rice} | {ef} | {} | {:.2e} | {:.4} |",
                     pruned.kept_codes.len(),
@@ -386,7 +511,13 @@ fn time_large_tensor() {
     for (label, settings) in [
         ("seeded p=0.97 b=4", explicit(0.97, 4, MaskMode::Seeded)),
         ("grouped p=0.97 b=4", explicit(0.97, 4, MaskMode::Grouped)),
-        ("budget 1e-2", Settings { max_error: 1e-2, ..Settings::default() }),
+        (
+            "budget 1e-2",
+            Settings {
+                max_error: 1e-2,
+                ..Settings::default()
+            },
+        ),
     ] {
         let start = std::time::Instant::now();
         let commit = encode_commit(&tensors, &[Dtype::BF16], &settings, 1.0).unwrap();

@@ -25,7 +25,11 @@ pub fn trace_norm(matrix: &[f32], rows: usize, cols: usize) -> f64 {
 /// whose norm is zero or not finite has no delta to scale: it gets 1 and is left out of the mean
 /// and the largest ratio.
 pub fn family_factors(trace_norms: &[f64]) -> Vec<f64> {
-    let valid: Vec<f64> = trace_norms.iter().copied().filter(|n| n.is_finite() && *n > 0.0).collect();
+    let valid: Vec<f64> = trace_norms
+        .iter()
+        .copied()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .collect();
     if valid.is_empty() {
         return vec![1.0; trace_norms.len()];
     }
