@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Build DARE checkpoints at a given file size and compare many candidates with rxnfp.
 
-DARE (Yu et al., "Language Models are Super Mario", ICML 2024) drops each delta
-entry with probability q and scales the survivors by 1/(1-q). It does not
+DARE (drop and rescale) drops each delta entry with probability q and scales
+the survivors by 1/(1-q). It does not
 quantize. benches/rxnfp_quality.sh uses it as the baseline for wstore's
 UltraDelta codec at the same stored size.
 
@@ -13,6 +13,8 @@ Commands:
   compare  run the `compare` measurement of benches/rxnfp_forward.py for one
            reference and many candidates, running the reference forward pass
            once per reaction instead of once per candidate.
+  table    print the Markdown table of one fine-tune from the files that
+           rxnfp_quality.sh wrote.
 
 Size model of a DARE file (an estimate, no file is encoded):
   - each kept delta value costs 4 bytes (float32);
@@ -20,8 +22,8 @@ Size model of a DARE file (an estimate, no file is encoded):
     one counted from -1) in Elias-gamma, 2*floor(log2 gap)+1 bits each, summed
     over the realized mask and rounded up to whole bytes per tensor;
   - every tensor that wstore did not store lossily costs the bytes wstore spent
-    on it, taken as the commit's stored bytes minus the bytes of its lossy
-    tensors (so the catalog, header and exact tensors cost the same in both).
+    on it. That rest is the commit's stored bytes minus the object bytes of its
+    lossy tensors, so headers and exact tensors cost the same in both files.
 """
 
 import argparse
@@ -30,7 +32,7 @@ import os
 import sys
 from pathlib import Path
 
-# Same reason as in rxnfp_forward.py: small matrices, busy 2-core machine.
+# One BLAS thread, as in rxnfp_forward.py, because threads slow down these small matrices.
 for _threads_variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads_variable, "1")
 
@@ -78,18 +80,12 @@ def choose_drop_rate(draws, budget):
     return high
 
 
-def base_name_for(name, base):
-    """Map a fine-tune tensor name to the base name that wstore aligned it with."""
-    for candidate in (name, "bert." + name):
-        if candidate in base:
-            return candidate
-    return None
-
-
 def lossy_tensor_names(show):
-    """Return the fine-tune names of the tensors that a `wstore show --json` lists as ultradelta."""
+    """Return (fine-tune name, base name) of each tensor that `wstore show --json` lists as ultradelta."""
     return sorted(
-        tensor["name"] for tensor in show["tensors"] if tensor["storage"] == "ultradelta"
+        (tensor["name"], tensor["base_tensor"])
+        for tensor in show["tensors"]
+        if tensor["storage"] == "ultradelta"
     )
 
 
@@ -99,7 +95,9 @@ def build(args):
     target_bytes = commit["stored_bytes"]
     # Every other byte of the commit is kept as wstore stored it, so the lossy tensors get
     # the bytes that wstore spent on them.
-    lossy_bytes = commit["lossy"]["object_bytes"]
+    # A budget commit may find no tensor for which a lossy code beats the lossless delta.
+    # Then the report has "lossy": null, no tensor is dropped and the DARE file is the fine-tune.
+    lossy_bytes = commit["lossy"]["object_bytes"] if commit["lossy"] else 0
     rest_bytes = target_bytes - lossy_bytes
     names = lossy_tensor_names(show)
 
@@ -107,9 +105,8 @@ def build(args):
     finetune = load_file(args.finetune)
     rng = np.random.default_rng(args.seed)
     draws, deltas = {}, {}
-    for name in names:
-        base_name = base_name_for(name, base)
-        if base_name is None or base[base_name].shape != finetune[name].shape:
+    for name, base_name in names:
+        if base_name not in base or base[base_name].shape != finetune[name].shape:
             sys.exit(f"error: lossy tensor {name} has no base tensor of the same shape")
         delta = finetune[name].astype(np.float32) - base[base_name].astype(np.float32)
         deltas[name] = (base_name, delta.ravel())
@@ -221,15 +218,15 @@ def table(args):
         label = (row_dir / "label").read_text().strip()
         commit = json.loads((row_dir / "commit.json").read_text())
         dare = json.loads((row_dir / "dare.json").read_text())
-        lossy = commit["lossy"]
+        lossy = commit["lossy"] or {}
         ours = results.get(f"row{index}/wstore", {})
         theirs = results.get(f"row{index}/dare", {})
         cells = [
             label,
             f"{commit['original_bytes'] / commit['stored_bytes']:.2f}",
-            f"{lossy['paper_ratio']:.2f}",
-            f"{lossy['delta_rel_error']:.4f}",
-            f"{lossy['sparsity']:.3f}",
+            f"{lossy['paper_ratio']:.2f}" if lossy else "none lossy",
+            f"{lossy['delta_rel_error']:.4f}" if lossy else "0 (exact)",
+            f"{lossy['sparsity']:.3f}" if lossy else "-",
             format_cosine(ours.get("cls_cosine_mean")) if ours else "missing",
             format_cosine(ours.get("cls_cosine_min")) if ours else "missing",
         ]

@@ -26,7 +26,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 zipnn_spec=${ZIPNN_SPEC:-zipnn}
 
 if [ ! -f "$real_dir/pairs.json" ]; then
-    echo "missing $real_dir/pairs.json; fill REAL_DIR with fetch-real-models.sh first" >&2
+    echo "missing $real_dir/pairs.json: fill REAL_DIR with fetch-real-models.sh first" >&2
     exit 2
 fi
 
@@ -177,7 +177,7 @@ torch_version=$("$venv/bin/python" -c 'import torch; print(torch.__version__)' 2
     fi
     printf '%s\n' "${notes[@]}"
     echo
-    echo "Timing of \`$ft\` against \`$base\` (median of 3 fresh stores, /usr/bin/time):"
+    echo "Timing of \`$ft\` against \`$base\` (/usr/bin/time, 3 runs in fresh stores; wall time and peak RSS are each the median of their own column):"
     echo
     echo "| step | wall s | peak RSS KiB | runs (s KiB) |"
     echo "|---|---|---|---|"

@@ -4,7 +4,7 @@
     python3 benches/zipnn_sizes.py --base BASE.safetensors --finetune FT.safetensors [--strip bert.]
 
 It prints one JSON object: `alone_bytes`, `delta_bytes`, and `alone_roundtrip_ok` and
-`delta_roundtrip_ok`, which say whether decompressing every stream gave its input back. A size
+`delta_roundtrip_ok`, which are true only when decompressing every stream returned its input. A size
 whose round trip failed is not a lossless size; the caller must flag it.
 
 Alone: the whole fine-tune file as one byte stream, with ZipNN's byte grouping set for float32,
@@ -145,7 +145,6 @@ def main():
                 "delta_roundtrip_ok": delta_ok,
                 "matched_tensors": matched_count,
                 "finetune_tensors": len(ft_tensors),
-                "zipnn_version": getattr(zipnn, "__version__", None),
             }
         )
     )

@@ -42,6 +42,33 @@ impl FileBytes {
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
+
+    /// Drops the pages of `offset..offset + len` from this process's resident set once they are
+    /// processed. They stay in the page cache and fault back in if read again, so memory stays
+    /// near one tensor even though the whole file is mapped.
+    pub fn release(&self, offset: usize, len: usize) {
+        if let Some(map) = &self.map {
+            // SAFETY: the map is a read-only shared mapping of a file, for which MADV_DONTNEED
+            // only drops resident pages; later reads see the same file contents.
+            #[allow(unsafe_code)]
+            let result = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+            if let Err(error) = result {
+                tracing::debug!(%error, "madvise(DONTNEED) failed; memory use may grow with the file");
+            }
+        }
+    }
+
+    /// BLAKE3 of the whole file, read in windows that are released as they are hashed.
+    fn hash(&self) -> ObjectId {
+        const WINDOW: usize = 256 << 20;
+        let bytes = self.bytes();
+        let mut hasher = blake3::Hasher::new();
+        for (i, window) in bytes.chunks(WINDOW).enumerate() {
+            hasher.update_rayon(window);
+            self.release(i * WINDOW, window.len());
+        }
+        ObjectId::from_bytes(*hasher.finalize().as_bytes())
+    }
 }
 
 /// One file of an input checkpoint.
@@ -125,7 +152,7 @@ fn open_file(rel_path: String, abs_path: PathBuf, is_safetensors: bool) -> Resul
     } else {
         None
     };
-    let hash = ObjectId::of_large(data.bytes());
+    let hash = data.hash();
     Ok(InputFile { rel_path, abs_path, data, header, hash })
 }
 

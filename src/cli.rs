@@ -529,6 +529,7 @@ mod tests {
     #[test]
     fn times_format_as_utc() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(1_796_428_800), "2026-12-04 00:00:00 UTC");
+        assert_eq!(format_time(1_796_342_400), "2026-12-04 00:00:00 UTC");
+        assert_eq!(format_time(1_796_342_400 + 86_399), "2026-12-04 23:59:59 UTC");
     }
 }

@@ -1,8 +1,8 @@
 //! Fuzzes the safetensors header parser with whole files.
 //!
-//! Besides catching panics, it checks what `parse` promises on success: the tensors tile the
-//! data section from offset 0 to the end of the file, and writing the header again from the
-//! parsed tensors, in file order, reproduces the same tensors and metadata.
+//! Besides catching panics, it checks what `parse` promises on success. The tensors tile the
+//! data section from offset 0 to the end of the file. Writing the header again from the parsed
+//! tensors, in file order, reproduces the same tensors and metadata.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,7 +26,7 @@ fuzz_target!(|file: &[u8]| {
     }
     assert_eq!(covered_to, header.data_len());
 
-    // Other dtypes have no known size, so write_header rejects them.
+    // Dtype::Other has no known element size, so write_header rejects it.
     if header
         .tensors
         .iter()

@@ -254,7 +254,11 @@ pub enum LosslessError {
     },
 }
 
-/// Encodes `target` against `base`, trying each candidate transform and keeping the smallest.
+/// Encodes `target` against `base` with the transform that compresses it best.
+///
+/// Tensors of at most 1 MiB are encoded with every transform and the smallest payload is kept.
+/// Larger ones pick the transform from a 1 MiB sample (see the module docs), so the payload may
+/// be slightly larger than the best of [`encode_with`] over all transforms.
 ///
 /// `base` and `target` must have the same length, a multiple of `elem_size` (1 to 8 bytes).
 /// Returns a self-describing payload that [`decode`] turns back into `target` given `base`.

@@ -359,6 +359,7 @@ impl Store {
             let entry = match &file.header {
                 None => {
                     let stored = self.objects.put_with_id(file.hash, ObjectKind::Raw, file.data.bytes())?;
+                    file.data.release(0, file.data.bytes().len());
                     tally.record(&stored);
                     progress.advance(file.data.bytes().len() as u64);
                     FileEntry::Plain(PlainFile { path: file.rel_path.clone(), object: file.hash, bytes: file.data.bytes().len() as u64 })
@@ -398,6 +399,7 @@ impl Store {
                 let tensor_bytes = &bytes[start..data_start + info.end as usize];
                 let hash = ObjectId::of_large(tensor_bytes);
                 let stored = store_tensor(info, tensor_bytes, hash)?;
+                file.data.release(start, tensor_bytes.len());
                 progress.advance(tensor_bytes.len() as u64);
                 tracing::trace!(tensor = %info.name, kind = stored.storage.kind_name(), stored.stored_bytes, "tensor stored");
                 Ok(TensorEntry {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::Store;
 use crate::catalog::TensorEntry;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, FileBytes};
 use crate::codec::ultradelta::{self, MaskMode, Settings, TensorDelta, TensorStats};
 use crate::error::Error;
 use crate::format::safetensors::{Dtype, TensorInfo};
@@ -123,6 +123,15 @@ struct Candidate<'a> {
     info: &'a TensorInfo,
     bytes: &'a [u8],
     base: &'a TensorEntry,
+    /// The mapped input file and the tensor's offset in it, to release pages once read.
+    file: &'a FileBytes,
+    offset: usize,
+}
+
+impl Candidate<'_> {
+    fn release(&self) {
+        self.file.release(self.offset, self.bytes.len());
+    }
 }
 
 impl Store {
@@ -144,12 +153,20 @@ impl Store {
                 if !options.policy.is_lossy(info) {
                     continue;
                 }
-                let bytes = &file.data.bytes()[data_start + info.start as usize..data_start + info.end as usize];
-                candidates.push(Candidate { info, bytes, base });
+                let offset = data_start + info.start as usize;
+                let bytes = &file.data.bytes()[offset..data_start + info.end as usize];
+                candidates.push(Candidate { info, bytes, base, file: &file.data, offset });
             }
         }
         // A tensor equal to its base stays a reference to it.
-        let unchanged: Vec<bool> = candidates.par_iter().map(|c| ObjectId::of_large(c.bytes) == c.base.hash).collect();
+        let unchanged: Vec<bool> = candidates
+            .par_iter()
+            .map(|c| {
+                let same = ObjectId::of_large(c.bytes) == c.base.hash;
+                c.release();
+                same
+            })
+            .collect();
         let mut keep = unchanged.iter().map(|u| !u);
         candidates.retain(|_| keep.next().unwrap_or(true));
         if candidates.is_empty() {
@@ -203,6 +220,7 @@ impl Store {
                 let bytes = ultradelta::reconstruct(&base_bytes, &c.info.dtype, payload)
                     .map_err(|e| Error::Codec { tensor: c.info.name.clone(), detail: e.to_string() })?;
                 let sums = delta_sums(&base_bytes, c.bytes, &bytes, &c.info.dtype)?;
+                c.release();
                 Ok((ObjectId::of_large(&bytes), sums))
             })
             .collect::<Result<_, Error>>()?;
@@ -240,7 +258,9 @@ impl Store {
                     ultradelta::values_from_bytes(bytes, &c.info.dtype)
                         .map_err(|e| Error::Codec { tensor: c.info.name.clone(), detail: e.to_string() })
                 };
-                Ok((to_values(&base_bytes)?, to_values(c.bytes)?))
+                let values = (to_values(&base_bytes)?, to_values(c.bytes)?);
+                c.release();
+                Ok(values)
             })
             .collect::<Result<_, Error>>()?;
         let deltas: Vec<TensorDelta> = batch
