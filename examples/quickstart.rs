@@ -7,7 +7,7 @@ use std::error::Error;
 
 use wstore::cli::human_bytes;
 use wstore::progress::NoProgress;
-use wstore::store::{CheckoutOptions, CommitOptions};
+use wstore::store::{CheckoutOptions, CodecChoice, CommitOptions};
 use wstore::{Store, Target};
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -28,11 +28,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let again = store.add_base("tiny-llama-again", &base_path, &NoProgress)?;
     println!("  same weights, new bytes written: {}", again.new_bytes);
 
-    println!("$ wstore commit {} --base tiny-llama --name task-a", finetune_path.display());
+    println!("$ wstore commit {} --base tiny-llama --name task-a --codec lossless", finetune_path.display());
     let options = CommitOptions {
         base: "tiny-llama".into(),
         name: Some("task-a".into()),
         message: "quickstart fine-tune".into(),
+        codec: CodecChoice::Lossless,
         ..Default::default()
     };
     let commit = store.commit(&finetune_path, &options, &NoProgress)?;

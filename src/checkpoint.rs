@@ -31,9 +31,8 @@ impl FileBytes {
         if len == 0 {
             return Ok(FileBytes { map: None });
         }
-        // SAFETY: the map is read-only. wstore reads inputs that users say are not being
-        // written; a concurrent writer could change bytes under us, which the per-tensor
-        // hashes recorded at commit and checked at checkout would then expose.
+        // SAFETY: the map is read-only, and inputs are files nobody should be writing. If a
+        // writer changes bytes under us anyway, the per-tensor hashes expose it at checkout.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mmap", path, e))?;
         Ok(FileBytes { map: Some(map) })
@@ -117,7 +116,7 @@ impl Checkpoint {
         Ok(Checkpoint { layout, files })
     }
 
-    /// The checkpoint's identity: the file's BLAKE3 for a single file (what `b3sum`
+    /// Computes the checkpoint's identity: the file's BLAKE3 for a single file (what `b3sum`
     /// prints), else the BLAKE3 of a canonical listing of relative paths and file hashes.
     pub fn content_id(&self) -> ObjectId {
         match self.layout {
@@ -130,6 +129,17 @@ impl Checkpoint {
                 ObjectId::of(listing.as_bytes())
             }
         }
+    }
+
+    /// Hashes every file again and fails if any changed since it was opened, so a commit never
+    /// records hashes of bytes other than those it stored.
+    pub fn verify_unchanged(&self) -> Result<(), Error> {
+        for file in &self.files {
+            if file.data.hash() != file.hash {
+                return Err(Error::InputChanged { path: file.abs_path.clone() });
+            }
+        }
+        Ok(())
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -211,9 +221,19 @@ fn list_sharded(index_path: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     let text = std::fs::read(index_path).map_err(|e| Error::io("read", index_path, e))?;
     let shards = parse_index(&text).map_err(|reason| Error::InvalidIndex { path: index_path.to_path_buf(), reason })?;
     let dir = index_path.parent().unwrap_or(Path::new("."));
+    let canonical_dir = dir.canonicalize().map_err(|e| Error::io("resolve", dir, e))?;
     let mut out = vec![(file_name(index_path), index_path.to_path_buf())];
     for shard in shards {
-        out.push((shard.clone(), dir.join(&shard)));
+        let path = dir.join(&shard);
+        // A shard that is a symlink must still resolve inside the index's directory.
+        let target = path.canonicalize().map_err(|e| Error::io("resolve", &path, e))?;
+        if !target.starts_with(&canonical_dir) {
+            return Err(Error::UnsafePath {
+                path,
+                reason: format!("is a symlink to {}, outside the checkpoint directory", target.display()),
+            });
+        }
+        out.push((shard, path));
     }
     out.sort();
     Ok(out)

@@ -72,7 +72,8 @@ pub enum Command {
         /// Output file (single-file checkpoints) or directory [default: ./TARGET.safetensors or ./TARGET]
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Replace an existing output
+        /// Replace an existing output file, or write into a non-empty output directory
+        /// (replacing files of the same names)
         #[arg(long)]
         force: bool,
         /// Print the result as JSON
@@ -104,24 +105,24 @@ pub struct CodecArgs {
     /// Codec for changed tensors: `ultradelta` (lossy within --max-error) or `lossless` (exact)
     #[arg(long, default_value = "ultradelta", value_parser = ["ultradelta", "lossless"])]
     pub codec: String,
-    /// UltraDelta: target mean sparsity p in [0, 1) (the published runs use 0.97); with it, the
-    /// published steps run as specified instead of the per-tensor error budget
-    #[arg(long)]
+    /// UltraDelta: target mean sparsity p in [0, 1), e.g. 0.97 as in the published runs. It
+    /// switches from the per-tensor error budget to the published fixed-settings steps
+    #[arg(long, allow_negative_numbers = true)]
     pub sparsity: Option<f64>,
     /// UltraDelta: quantization bits, 1 to 8 [default: 4 with --sparsity, else searched from 2 to 8]
     #[arg(long)]
     pub bits: Option<u8>,
     /// UltraDelta: sparsity step between variance bands
-    #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_STEP)]
+    #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_STEP, allow_negative_numbers = true)]
     pub step: f64,
     /// UltraDelta: extra factor on the 1/(1-p) rescale
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub rescale: f64,
     /// UltraDelta: `seeded` (mask drawn from the seed, no positions stored; smaller) or `grouped` (exact per-level counts, positions stored)
     #[arg(long, default_value = "seeded", value_parser = ["grouped", "seeded"])]
     pub mask_mode: String,
     /// UltraDelta: per-tensor budget on ||W_rec - W_ft|| / ||W_ft||
-    #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_MAX_ERROR)]
+    #[arg(long, default_value_t = crate::codec::ultradelta::DEFAULT_MAX_ERROR, allow_negative_numbers = true)]
     pub max_error: f64,
     /// UltraDelta: seed of the random pruning masks
     #[arg(long, default_value_t = 0)]
@@ -238,6 +239,15 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Formats original / stored, or "no new bytes" when nothing was stored.
+fn ratio_text(original: u64, stored: u64) -> String {
+    if stored == 0 {
+        "no new bytes".to_string()
+    } else {
+        format!("{:.2}x", original as f64 / stored as f64)
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
@@ -312,9 +322,12 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             if json {
                 print_json(&report);
             } else {
-                let label = report.ref_name.clone().unwrap_or_else(|| report.commit.short());
+                let label = report.ref_name.clone().unwrap_or_default();
                 let kind = if report.lossy.is_some() { "lossy, ultradelta" } else { "lossless" };
-                println!("committed {} as {} ({kind})", label, report.commit);
+                match &report.ref_name {
+                    Some(_) => println!("committed {label} as {} ({kind})", report.commit),
+                    None => println!("committed {} ({kind})", report.commit),
+                }
                 if let Some(map) = &report.name_map {
                     println!(
                         "  names aligned: fine-tune {:?} + x -> base {:?} + x{}",
@@ -326,10 +339,10 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 let kinds: Vec<String> = report.tensors_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
                 println!("  tensors: {}", kinds.join(", "));
                 println!(
-                    "  original {}, stored {} (ratio {:.2}x), new bytes written {}",
+                    "  original {}, stored {} (ratio {}), new bytes written {}",
                     human_bytes(report.original_bytes),
                     human_bytes(report.stored_bytes),
-                    report.original_bytes as f64 / report.stored_bytes.max(1) as f64,
+                    ratio_text(report.original_bytes, report.stored_bytes),
                     human_bytes(report.new_bytes)
                 );
                 if let Some(lossy) = &report.lossy {
@@ -341,10 +354,13 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             let store = Store::open(&root)?;
             let resolved = store.resolve(&target)?;
             let (snapshot, _) = store.snapshot_of(resolved)?;
-            let output = output.unwrap_or_else(|| match snapshot.layout {
-                crate::catalog::Layout::SingleFile { .. } => PathBuf::from(format!("{target}.safetensors")),
-                crate::catalog::Layout::Directory { .. } => PathBuf::from(&target),
-            });
+            let output = match (output, &snapshot.layout) {
+                // A single file checked out to an existing directory goes inside it.
+                (Some(dir), crate::catalog::Layout::SingleFile { file_name }) if dir.is_dir() => dir.join(file_name),
+                (Some(path), _) => path,
+                (None, crate::catalog::Layout::SingleFile { .. }) => PathBuf::from(format!("{target}.safetensors")),
+                (None, crate::catalog::Layout::Directory { .. }) => PathBuf::from(&target),
+            };
             let report = store.checkout(resolved, &output, &CheckoutOptions { force }, progress.as_ref())?;
             if json {
                 print_json(&report);

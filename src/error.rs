@@ -18,7 +18,7 @@ pub enum Error {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("object {id} is corrupt: {detail}; run `wstore fsck` and restore the object from a backup or re-commit its source")]
+    #[error("object {id} is corrupt: {detail}; restore the object file from a backup or re-commit its source")]
     CorruptObject { id: ObjectId, detail: String },
     #[error("{what} failed verification: expected BLAKE3 {expected}, rebuilt {actual}; nothing was written to the output")]
     VerificationFailed { what: String, expected: ObjectId, actual: ObjectId },
@@ -30,10 +30,14 @@ pub enum Error {
     InvalidIndex { path: PathBuf, reason: String },
     #[error("{path}: rejected: {reason}")]
     UnsafePath { path: PathBuf, reason: String },
+    #[error("{path}: the file changed while it was being stored; nothing was recorded, retry once it is no longer being written")]
+    InputChanged { path: PathBuf },
     #[error("{path}: the directory holds no files to store")]
     EmptyInput { path: PathBuf },
-    #[error("{path}: the fine-tune shares no tensor name with base {base}, even after prefix alignment; check --base, or map names with --map-prefix FINETUNE=BASE")]
+    #[error("{path}: the fine-tune shares no tensor name with base {base}; check --base, or map names with --map-prefix FINETUNE=BASE")]
     NoSharedTensors { path: PathBuf, base: String },
+    #[error("name {name:?} already names {taken_by}; choose another name")]
+    NameTaken { name: String, taken_by: &'static str },
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidName { kind: &'static str, name: String, reason: String },
     #[error("invalid --map-prefix {text:?}: expected FINETUNE_PREFIX=BASE_PREFIX, e.g. =bert.")]

@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    restore_default_sigpipe();
     let cli = wstore::cli::Cli::parse();
     let level = if cli.verbose { "wstore=debug" } else { "wstore=warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WSTORE_LOG")
@@ -15,4 +16,15 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Lets a closed stdout end the process quietly, as `cat` and `grep` do, so that
+/// `wstore ls | head -1` does not panic. Rust ignores SIGPIPE by default.
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread starts; resetting a signal's
+    // disposition to its default is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

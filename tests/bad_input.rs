@@ -225,3 +225,75 @@ fn index_naming_a_shard_outside() {
     assert!(matches!(error, Error::InvalidIndex { .. }), "{error:?}");
     assert!(error.to_string().contains("../base.safetensors"));
 }
+
+#[test]
+fn input_changed_during_commit_is_detected() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir.path().join("m.safetensors"), &[tensor("a", Dtype::U8, &[4], vec![1, 2, 3, 4])]);
+    let checkpoint = wstore::checkpoint::Checkpoint::open(&path).unwrap();
+    assert!(checkpoint.verify_unchanged().is_ok());
+    // Overwrite one byte in place, as a concurrent writer would; the mapping sees it.
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(SeekFrom::End(-1)).unwrap();
+    file.write_all(&[9]).unwrap();
+    file.sync_all().unwrap();
+    let error = checkpoint.verify_unchanged().unwrap_err();
+    assert!(matches!(error, Error::InputChanged { .. }), "{error:?}");
+}
+
+#[test]
+fn names_cannot_be_shared_or_moved() {
+    let (dir, store) = setup();
+    let other = write(&dir.path().join("other.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![7; 8])]);
+    let error = store.add_base("base", &other, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::NameTaken { .. }), "{error:?}");
+
+    let ft = write(&dir.path().join("ft.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![1; 8])]);
+    let error = commit(&store, &ft, "base", Some("base")).unwrap_err();
+    assert!(matches!(error, Error::NameTaken { .. }), "{error:?}");
+    commit(&store, &ft, "base", Some("task")).unwrap();
+    let error = store.add_base("task", &other, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::NameTaken { .. }), "{error:?}");
+}
+
+#[test]
+fn hex_looking_ref_name() {
+    let (dir, store) = setup();
+    let ft = write(&dir.path().join("ft.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![1; 8])]);
+    let error = commit(&store, &ft, "base", Some("d98e")).unwrap_err();
+    assert!(matches!(error, Error::InvalidName { .. }), "{error:?}");
+}
+
+#[test]
+fn checkout_into_store_is_rejected() {
+    let (dir, store) = setup();
+    let target = store.resolve("base").unwrap();
+    let out = store.root().join("inside.safetensors");
+    let error = store.checkout(target, &out, &CheckoutOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error:?}");
+    assert!(!out.exists());
+    let _ = dir;
+}
+
+#[test]
+fn shard_symlink_outside_directory() {
+    let (dir, store) = setup();
+    let model = dir.path().join("linked");
+    std::fs::create_dir(&model).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("base.safetensors"), model.join("s.safetensors")).unwrap();
+    let index = serde_json::json!({"weight_map": {"a": "s.safetensors"}});
+    let index_path = model.join("model.safetensors.index.json");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let error = store.add_base("m", &index_path, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error:?}");
+}
+
+#[test]
+fn missing_catalog_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("objects")).unwrap();
+    let error = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(error, Error::StoreMissing { .. }), "{error:?}");
+    assert!(!dir.path().join("catalog").exists());
+}

@@ -185,3 +185,22 @@ fn explicit_settings_over_budget_need_accept_error() {
     assert_eq!(report["lossy"]["mode"], "explicit");
     assert!(report["lossy"]["sparsity"].as_f64().unwrap() > 0.9);
 }
+
+#[test]
+fn closed_stdout_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    wstore(&store, &["init"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wstore"))
+        .arg("--store")
+        .arg(&store)
+        .args(["ls", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    assert_ne!(output.status.code(), Some(101));
+}

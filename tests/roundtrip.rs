@@ -306,3 +306,34 @@ fn corrupt_object_is_never_served() {
     assert!(matches!(error, wstore::Error::CorruptObject { .. } | wstore::Error::VerificationFailed { .. }), "{error}");
     assert!(!out.exists());
 }
+
+#[test]
+fn non_finite_tensor_is_stored_exactly_in_lossy_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = |f: &dyn Fn(usize) -> f32| (0..64 * 64).flat_map(|i| f(i).to_le_bytes()).collect::<Vec<u8>>();
+    let base = write(&dir.path().join("b.safetensors"), &[
+        tensor("good.weight", Dtype::F32, &[64, 64], values(&|i| (i as f32).sin() * 0.02)),
+        tensor("bad.weight", Dtype::F32, &[64, 64], values(&|i| (i as f32).cos() * 0.02)),
+    ]);
+    let ft = write(&dir.path().join("f.safetensors"), &[
+        tensor("good.weight", Dtype::F32, &[64, 64], values(&|i| (i as f32).sin() * 0.021)),
+        tensor("bad.weight", Dtype::F32, &[64, 64], values(&|i| if i == 5 { f32::NAN } else { (i as f32).cos() * 0.021 })),
+    ]);
+    let store = Store::init(&dir.path().join("store")).unwrap();
+    store.add_base("b", &base, &NoProgress).unwrap();
+    let options = CommitOptions {
+        base: "b".into(),
+        name: Some("f".into()),
+        codec: wstore::store::CodecChoice::UltraDelta(Default::default()),
+        ..Default::default()
+    };
+    let report = store.commit(&ft, &options, &NoProgress).unwrap();
+    assert_eq!(report.tensors_by_kind.get("ultradelta"), Some(&1));
+    assert_eq!(report.tensors_by_kind.get("lossless_delta"), Some(&1));
+    let out = checkout_bytes(&store, "f", &dir.path().join("o.safetensors"));
+    // The NaN tensor comes back bit for bit, NaN included.
+    let original = std::fs::read(&ft).unwrap();
+    let header_len = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let bad = &original[header_len + 64 * 64 * 4..];
+    assert_eq!(&out[header_len + 64 * 64 * 4..], bad);
+}

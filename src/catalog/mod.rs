@@ -20,13 +20,13 @@ pub const MIN_ID_PREFIX: usize = 4;
 
 #[derive(Debug, Error)]
 pub enum CatalogError {
-    #[error("{path}: the catalog is locked by another process; stop the other wstore process (or use its daemon) and retry")]
+    #[error("{path}: the catalog is locked by another wstore process; wait for it to finish, then retry")]
     Locked { path: PathBuf },
     #[error("{path}: failed to open the catalog: {source}")]
     Open { path: PathBuf, source: sled::Error },
     #[error("catalog schema version {found} is newer than this wstore supports ({supported}); upgrade wstore")]
     SchemaTooNew { found: u32, supported: u32 },
-    #[error("catalog record {what} is corrupt: {detail}; run `wstore fsck`")]
+    #[error("catalog record {what} is corrupt: {detail}; restore the store's catalog directory from a backup")]
     Corrupt { what: String, detail: String },
     #[error("{kind} {text:?} not found; run `wstore ls` to see what is stored")]
     NotFound { kind: &'static str, text: String },
@@ -74,8 +74,7 @@ fn id_from_ivec(what: &str, bytes: &[u8]) -> Result<ObjectId> {
     Ok(ObjectId::from_bytes(array))
 }
 
-fn abort<E>(error: CatalogError) -> ConflictableTransactionError<CatalogError> {
-    let _ = std::marker::PhantomData::<E>;
+fn abort(error: CatalogError) -> ConflictableTransactionError<CatalogError> {
     ConflictableTransactionError::Abort(error)
 }
 
@@ -96,6 +95,10 @@ impl Catalog {
             {
                 CatalogError::Locked { path: path.to_path_buf() }
             }
+            sled::Error::Corruption { .. } => CatalogError::Corrupt {
+                what: path.display().to_string(),
+                detail: source.to_string(),
+            },
             _ => CatalogError::Open { path: path.to_path_buf(), source },
         })?;
         apply_migrations(&db)?;
@@ -148,7 +151,7 @@ impl Catalog {
         }
     }
 
-    /// All bases, each with the names that point at it, sorted by time added.
+    /// Lists all bases, each with the names that point at it, sorted by time added.
     pub fn list_bases(&self) -> Result<Vec<(BaseRecord, Vec<String>)>> {
         let mut names_by_id: std::collections::HashMap<ObjectId, Vec<String>> = Default::default();
         for item in self.base_names.iter() {
@@ -165,6 +168,14 @@ impl Catalog {
         }
         out.sort_by_key(|(record, _)| (record.added_at, record.id));
         Ok(out)
+    }
+
+    /// Returns the base a name points at, if it is a base name.
+    pub fn base_by_name(&self, name: &str) -> Result<Option<ObjectId>> {
+        match self.base_names.get(name.as_bytes())? {
+            Some(id) => Ok(Some(id_from_ivec("base name", &id)?)),
+            None => Ok(None),
+        }
     }
 
     /// Resolves a base name, or else a unique prefix of a base id.
@@ -200,12 +211,12 @@ impl Catalog {
             if let Some(name) = ref_name {
                 let current = refs.get(name.as_bytes())?;
                 let current = match current {
-                    Some(bytes) => Some(id_from_ivec("ref", &bytes).map_err(abort::<()>)?),
+                    Some(bytes) => Some(id_from_ivec("ref", &bytes).map_err(abort)?),
                     None => None,
                 };
                 if current != expected_ref {
                     let existing = current.map(|id| id.short()).unwrap_or_else(|| "nothing".into());
-                    return Err(abort::<()>(CatalogError::RefExists { name: name.to_string(), existing }));
+                    return Err(abort(CatalogError::RefExists { name: name.to_string(), existing }));
                 }
                 refs.insert(name.as_bytes(), key.as_slice())?;
             }
@@ -224,7 +235,7 @@ impl Catalog {
         }
     }
 
-    /// Every commit, oldest first.
+    /// Lists every commit, oldest first.
     pub fn list_commits(&self) -> Result<Vec<CommitRecord>> {
         let mut out = Vec::new();
         for item in self.commits.iter() {
@@ -254,7 +265,7 @@ impl Catalog {
         }
     }
 
-    /// All refs, sorted by name.
+    /// Lists all refs, sorted by name.
     pub fn list_refs(&self) -> Result<Vec<(String, ObjectId)>> {
         let mut out = Vec::new();
         for item in self.refs.iter() {

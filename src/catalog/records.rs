@@ -33,7 +33,7 @@ pub struct CommitRecord {
     pub codec: CodecInfo,
     /// Content hash of the committed input, computed like a base id.
     pub source_id: ObjectId,
-    /// How fine-tune tensor names were mapped onto base names, if they differ.
+    /// Mapping of fine-tune tensor names onto base names, if they differ.
     pub name_map: Option<PrefixMap>,
     pub snapshot: Snapshot,
     pub original_bytes: u64,
@@ -47,7 +47,7 @@ impl CommitRecord {
     }
 }
 
-/// Which codec made a commit's deltas, with its parameters as given.
+/// Codec that made a commit's deltas, with its parameters as given.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CodecInfo {
     pub name: String,
@@ -164,7 +164,7 @@ pub struct TensorEntry {
     pub codec_stats: Option<serde_json::Value>,
 }
 
-/// How a tensor's bytes are rebuilt.
+/// Storage of a tensor's bytes, which decides how they are rebuilt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TensorStorage {
@@ -188,7 +188,7 @@ impl TensorStorage {
         }
     }
 
-    /// Every object this tensor needs to be rebuilt.
+    /// Lists every object this tensor needs to be rebuilt.
     pub fn objects(&self) -> Vec<ObjectId> {
         match self {
             TensorStorage::Whole { object } | TensorStorage::SameAsBase { object, .. } => vec![*object],

@@ -32,7 +32,7 @@ pub struct CheckoutReport {
 }
 
 impl Store {
-    /// The snapshot behind a target, and whether it is a lossy commit.
+    /// Returns the snapshot behind a target, and whether it is a lossy commit.
     pub fn snapshot_of(&self, target: Target) -> Result<(Snapshot, bool), Error> {
         match target {
             Target::Commit(id) => {
@@ -64,6 +64,7 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<CheckoutReport, Error> {
         let (snapshot, lossy) = self.snapshot_of(target)?;
+        self.check_output_outside_store(output)?;
         progress.start("checking out", snapshot.total_bytes());
         let mut file_hashes = Vec::new();
         match &snapshot.layout {
@@ -82,7 +83,9 @@ impl Store {
                 }
                 std::fs::create_dir_all(output).map_err(|e| Error::io("create", output, e))?;
                 for file in &snapshot.files {
-                    let target_path = output.join(safe_relative(file.path())?);
+                    let relative = safe_relative(file.path())?;
+                    refuse_symlinks_below(output, &relative)?;
+                    let target_path = output.join(relative);
                     if let Some(parent) = target_path.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
                     }
@@ -98,6 +101,23 @@ impl Store {
             file_hashes,
             lossy,
         })
+    }
+
+    /// Rejects an output inside the store directory, where a checkout could overwrite objects.
+    fn check_output_outside_store(&self, output: &Path) -> Result<(), Error> {
+        let store = self.root.canonicalize().map_err(|e| Error::io("resolve", &self.root, e))?;
+        // The output may not exist yet: resolve its nearest existing ancestor.
+        let mut probe = if output.is_absolute() { output.to_path_buf() } else { std::env::current_dir().map_err(|e| Error::io("resolve", output, e))?.join(output) };
+        while !probe.exists() {
+            if !probe.pop() {
+                break;
+            }
+        }
+        let resolved = probe.canonicalize().unwrap_or(probe);
+        if resolved.starts_with(&store) {
+            return Err(Error::UnsafePath { path: output.to_path_buf(), reason: "is inside the store directory; check out somewhere else".into() });
+        }
+        Ok(())
     }
 
     fn write_file(&self, file: &FileEntry, path: &Path, progress: &dyn Progress) -> Result<ObjectId, Error> {
@@ -188,6 +208,21 @@ impl Store {
         }
         Ok(bytes)
     }
+}
+
+/// Rejects an existing symlink on the way from `root` to `root/relative`, so a checkout into
+/// a non-empty directory cannot be redirected outside it.
+fn refuse_symlinks_below(root: &Path, relative: &Path) -> Result<(), Error> {
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        path.push(component);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.file_type().is_symlink() {
+                return Err(Error::UnsafePath { path, reason: "is a symlink inside the output directory; remove it or choose an empty directory".into() });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns a stored relative path into a path that cannot leave the output directory.

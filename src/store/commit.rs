@@ -28,7 +28,7 @@ use crate::id::ObjectId;
 use crate::progress::Progress;
 use super::lossy::{LossyOptions, LossyReport, LossyTensor};
 
-/// What `commit` needs besides the input path.
+/// Options of `commit` besides the input path.
 #[derive(Debug, Clone, Default)]
 pub struct CommitOptions {
     /// Base name or id prefix.
@@ -47,7 +47,7 @@ pub struct CommitOptions {
     pub codec: CodecChoice,
 }
 
-/// How changed tensors are stored.
+/// Codec for changed tensors.
 #[derive(Debug, Clone, Default)]
 pub enum CodecChoice {
     /// Exact bit-pattern deltas: a checkout is byte-identical to the input.
@@ -80,11 +80,11 @@ pub struct CommitReport {
     pub name_map: Option<PrefixMap>,
     /// Number of tensors by storage kind.
     pub tensors_by_kind: std::collections::BTreeMap<String, usize>,
-    /// What the lossy codec did, for UltraDelta commits.
+    /// Report of the lossy codec, for UltraDelta commits.
     pub lossy: Option<LossyReport>,
 }
 
-/// How one tensor was stored: its storage, on-disk bytes, the BLAKE3 a checkout must
+/// Outcome of storing one tensor: its storage, on-disk bytes, the BLAKE3 a checkout must
 /// reproduce, and codec statistics for lossy tensors.
 pub(crate) struct StoredTensor {
     storage: TensorStorage,
@@ -114,8 +114,16 @@ impl Store {
     /// again, under any name, store no new bytes.
     pub fn add_base(&self, name: &str, path: &Path, progress: &dyn Progress) -> Result<BaseReport, Error> {
         validate_name("base", name)?;
+        if self.catalog.get_ref(name)?.is_some() {
+            return Err(Error::NameTaken { name: name.to_string(), taken_by: "a ref" });
+        }
         let checkpoint = Checkpoint::open(path)?;
         let id = checkpoint.content_id();
+        if let Some(existing) = self.catalog.base_by_name(name)? {
+            if existing != id {
+                return Err(Error::NameTaken { name: name.to_string(), taken_by: "another base" });
+            }
+        }
 
         if let Some(existing) = self.catalog.get_base(&id)? {
             self.catalog.put_base(&existing, name)?;
@@ -144,6 +152,7 @@ impl Store {
             })
         })?;
         progress.finish();
+        checkpoint.verify_unchanged()?;
 
         let stored_bytes = self.distinct_stored_bytes(&snapshot, &HashSet::new())?;
         let record = BaseRecord {
@@ -171,6 +180,9 @@ impl Store {
     pub fn commit(&self, path: &Path, options: &CommitOptions, progress: &dyn Progress) -> Result<CommitReport, Error> {
         if let Some(name) = &options.name {
             validate_name("ref", name)?;
+            if self.catalog.base_by_name(name)?.is_some() {
+                return Err(Error::NameTaken { name: name.clone(), taken_by: "a base" });
+            }
         }
         let base_id = self.catalog.resolve_base(&options.base)?;
         let base = self
@@ -242,6 +254,7 @@ impl Store {
             }
         })?;
         progress.finish();
+        checkpoint.verify_unchanged()?;
         if !lossy.is_empty() {
             self.record_rebuilt_file_hashes(&mut snapshot)?;
         }
@@ -494,7 +507,7 @@ fn snapshot_own_objects(snapshot: &Snapshot) -> HashSet<ObjectId> {
     ids
 }
 
-/// Every object a snapshot needs, base tensors of deltas included.
+/// Collects every object a snapshot needs, base tensors of deltas included.
 pub(crate) fn snapshot_objects(snapshot: &Snapshot) -> HashSet<ObjectId> {
     let mut ids = snapshot_own_objects(snapshot);
     for tensor in snapshot.tensors() {
@@ -503,7 +516,7 @@ pub(crate) fn snapshot_objects(snapshot: &Snapshot) -> HashSet<ObjectId> {
     ids
 }
 
-/// The codec record of a commit: name, whether any tensor is lossy, and its parameters.
+/// Builds the codec record of a commit: name, whether any tensor is lossy, and its parameters.
 fn codec_info(choice: &CodecChoice, report: Option<&LossyReport>, any_lossy: bool) -> CodecInfo {
     match choice {
         CodecChoice::Lossless => CodecInfo {
@@ -545,7 +558,7 @@ fn author(options: &CommitOptions) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// The explicit `--map-prefix`, else a detected prefix rewrite (unless disabled).
+/// Chooses the name map: the explicit `--map-prefix`, else a detected prefix rewrite unless detection is off.
 fn choose_name_map(
     checkpoint: &Checkpoint,
     base_tensors: &HashMap<&str, &TensorEntry>,

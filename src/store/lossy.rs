@@ -17,8 +17,8 @@ use crate::id::ObjectId;
 /// vectors such as biases and norm scales are sensitive to error.
 pub const MIN_LOSSY_ELEMENTS: u64 = 4096;
 
-/// Parameters per batch handed to the codec in budget mode, which treats tensors
-/// independently; it bounds memory at about 16 bytes per parameter of the batch, in f32.
+/// Parameters per batch handed to the codec in budget mode, which treats tensors independently.
+/// The batch bounds memory at about 16 bytes per parameter, as f32 copies.
 const BUDGET_BATCH_PARAMETERS: u64 = 64 << 20;
 
 /// UltraDelta options of one commit.
@@ -36,7 +36,7 @@ impl Default for LossyOptions {
     }
 }
 
-/// Which tensors go through the lossy codec. By default: floating-point tensors of two or
+/// Selection of the tensors that go through the lossy codec. By default: floating-point tensors of two or
 /// more dimensions with at least `MIN_LOSSY_ELEMENTS` elements and a base tensor of the same
 /// name, dtype and shape. `include` patterns add tensors that the default leaves out (still
 /// only float tensors with a matching base tensor); `exclude` patterns win over everything.
@@ -93,7 +93,7 @@ pub struct LossyTensor {
     pub stats: TensorStats,
 }
 
-/// What the codec did to a commit, recorded in its codec parameters and printed by `commit`.
+/// Report of the codec on one commit, recorded in its codec parameters and printed by `commit`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LossyReport {
     pub mode: &'static str,
@@ -182,19 +182,23 @@ impl Store {
         } else {
             batch_by_parameters(&candidates, BUDGET_BATCH_PARAMETERS)
         };
-        let mut payloads = Vec::with_capacity(candidates.len());
-        let mut stats = Vec::with_capacity(candidates.len());
+        let mut encoded = Vec::with_capacity(candidates.len());
         for batch in batches {
-            let (objects, batch_stats) = self.encode_batch(batch, settings)?;
-            payloads.extend(objects);
-            stats.extend(batch_stats);
+            encoded.extend(self.encode_batch(batch, settings)?);
+        }
+        // Tensors with a non-finite value or delta are stored exactly.
+        let finite: Vec<bool> = encoded.iter().map(Option::is_some).collect();
+        let candidates: Vec<Candidate> = keep_accepted(candidates, &finite);
+        let (mut payloads, stats): (Vec<Vec<u8>>, Vec<TensorStats>) = encoded.into_iter().flatten().unzip();
+        if candidates.is_empty() {
+            return Ok((HashMap::new(), None));
         }
 
         // Trace-norm rescaling needs a family; it applies to explicit settings only, because
         // shrinking a delta would break the error budget that budget mode guarantees.
         let (trace_norm, factor) = if explicit {
             let norm = ultradelta::commit_trace_norm(&payloads)
-                .map_err(|e| Error::Codec { tensor: "(commit)".into(), detail: e.to_string() })?;
+                .map_err(codec_error)?;
             let mut family = family_trace_norms.to_vec();
             family.push(norm);
             let factor = *ultradelta::family_factors(&family).last().unwrap_or(&1.0);
@@ -207,7 +211,7 @@ impl Store {
                 .par_iter()
                 .map(|p| ultradelta::with_trace_norm_factor(p, factor))
                 .collect::<Result<_, _>>()
-                .map_err(|e| Error::Codec { tensor: "(commit)".into(), detail: e.to_string() })?;
+                .map_err(codec_error)?;
         }
 
         // Reconstruct every tensor once: its hash is recorded for checkout, and the whole-delta
@@ -249,7 +253,9 @@ impl Store {
         Ok((out, Some(report)))
     }
 
-    fn encode_batch(&self, batch: &[Candidate], settings: &Settings) -> Result<(Vec<Vec<u8>>, Vec<TensorStats>), Error> {
+    /// Encodes one batch; `None` marks a tensor whose values or delta are not all finite,
+    /// which the codec cannot quantize and which is then stored exactly.
+    fn encode_batch(&self, batch: &[Candidate], settings: &Settings) -> Result<Vec<Option<(Vec<u8>, TensorStats)>>, Error> {
         let values: Vec<(Vec<f32>, Vec<f32>)> = batch
             .par_iter()
             .map(|c| {
@@ -263,15 +269,34 @@ impl Store {
                 Ok(values)
             })
             .collect::<Result<_, Error>>()?;
+        let finite: Vec<bool> = values
+            .par_iter()
+            .map(|(base, finetuned)| base.iter().zip(finetuned).all(|(b, f)| (f - b).is_finite() && b.is_finite()))
+            .collect();
         let deltas: Vec<TensorDelta> = batch
             .iter()
             .zip(&values)
-            .map(|(c, (base, finetuned))| TensorDelta { name: &c.info.name, shape: &c.info.shape, base, finetuned })
+            .zip(&finite)
+            .filter(|(_, ok)| **ok)
+            .map(|((c, (base, finetuned)), _)| TensorDelta { name: &c.info.name, shape: &c.info.shape, base, finetuned })
             .collect();
-        let dtypes: Vec<Dtype> = batch.iter().map(|c| c.info.dtype.clone()).collect();
-        let encoded = ultradelta::encode_commit(&deltas, &dtypes, settings, 1.0)
-            .map_err(|e| Error::Codec { tensor: "(commit)".into(), detail: e.to_string() })?;
-        Ok((encoded.objects, encoded.stats))
+        let dtypes: Vec<Dtype> =
+            batch.iter().zip(&finite).filter(|(_, ok)| **ok).map(|(c, _)| c.info.dtype.clone()).collect();
+        let encoded = if deltas.is_empty() {
+            None
+        } else {
+            Some(ultradelta::encode_commit(&deltas, &dtypes, settings, 1.0).map_err(codec_error)?)
+        };
+        let mut results = encoded.into_iter().flat_map(|e| e.objects.into_iter().zip(e.stats));
+        Ok(finite.iter().map(|ok| if *ok { results.next() } else { None }).collect())
+    }
+}
+
+/// Maps a codec error to the library error: invalid settings are the caller's arguments.
+fn codec_error(error: ultradelta::UltraDeltaError) -> Error {
+    match error {
+        ultradelta::UltraDeltaError::InvalidSettings(detail) => Error::InvalidArgument { what: "UltraDelta settings".into(), detail },
+        other => Error::Codec { tensor: "(commit)".into(), detail: other.to_string() },
     }
 }
 

@@ -23,7 +23,7 @@ use crate::storage::Storage;
 const CATALOG_DIR: &str = "catalog";
 const OBJECTS_DIR: &str = "objects";
 
-/// Longest ref or base name accepted.
+/// Maximum length of a ref or base name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// An open store. sled locks the catalog, so one process at a time holds it.
@@ -34,7 +34,7 @@ pub struct Store {
     objects: ObjectStore,
 }
 
-/// What a user-supplied reference names.
+/// Resolved target of a user-supplied reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Commit(ObjectId),
@@ -46,12 +46,14 @@ impl Store {
     /// unless it is a complete one, which is then just opened).
     pub fn init(root: &Path) -> Result<Store, Error> {
         std::fs::create_dir_all(root.join(OBJECTS_DIR)).map_err(|e| Error::io("create", root, e))?;
+        // Creating the catalog here is what marks the directory as a store.
+        drop(Catalog::open(&root.join(CATALOG_DIR))?);
         Self::open(root)
     }
 
     /// Opens the store at `root`; a missing store is an error naming `wstore init`.
     pub fn open(root: &Path) -> Result<Store, Error> {
-        if !root.join(OBJECTS_DIR).is_dir() {
+        if !root.join(OBJECTS_DIR).is_dir() || !root.join(CATALOG_DIR).join("conf").is_file() {
             return Err(Error::StoreMissing { path: root.to_path_buf() });
         }
         // The catalog's lock comes first: with it held no other wstore process writes here,
@@ -118,6 +120,9 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), Error> {
     if name.contains("..") {
         return Err(invalid("must not contain '..'"));
     }
+    if name.len() >= crate::catalog::MIN_ID_PREFIX && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid("must not be all hexadecimal digits, which would read as an id prefix"));
+    }
     Ok(())
 }
 
@@ -135,10 +140,10 @@ mod tests {
 
     #[test]
     fn names_are_validated() {
-        for good in ["llama2-7b", "task_a.v2", "7b"] {
+        for good in ["llama2-7b", "task_a.v2", "7b", "abc", "cafe-2"] {
             assert!(validate_name("ref", good).is_ok(), "{good}");
         }
-        for bad in ["", "-x", "a/b", "a..b", "a b", "é", &"x".repeat(129)] {
+        for bad in ["", "-x", "a/b", "a..b", "a b", "é", &"x".repeat(129), "d98e", "f0c127f3eca4"] {
             assert!(validate_name("ref", bad).is_err(), "{bad}");
         }
     }

@@ -63,6 +63,9 @@ pub struct TensorView {
     pub original_bytes: u64,
     pub stored_bytes: u64,
     pub hash: ObjectId,
+    /// Bits, sparsity, rescale and error of a lossy tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codec_stats: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,7 +138,7 @@ impl Store {
         }
     }
 
-    /// Every base and commit, for `ls`.
+    /// Lists every base and commit, for `ls`.
     pub fn list(&self) -> Result<StoreListing, Error> {
         let refs = self.refs_by_commit()?;
         let base_names = self.base_names()?;
@@ -154,7 +157,7 @@ impl Store {
         Ok(StoreListing { bases, commits })
     }
 
-    /// The lineage of a commit: itself, its parents, then the base of the last one.
+    /// Returns the lineage of a commit: itself, its parents, then the base of the last one.
     pub fn log(&self, text: &str) -> Result<Vec<LogEntry>, Error> {
         let refs = self.refs_by_commit()?;
         let base_names = self.base_names()?;
@@ -260,6 +263,7 @@ fn tensor_views(snapshot: &Snapshot) -> Vec<TensorView> {
                     original_bytes: t.len,
                     stored_bytes: t.stored_bytes,
                     hash: t.hash,
+                    codec_stats: t.codec_stats.clone(),
                 });
             }
         }
