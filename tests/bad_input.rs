@@ -297,3 +297,13 @@ fn missing_catalog_is_not_a_store() {
     assert!(matches!(error, Error::StoreMissing { .. }), "{error:?}");
     assert!(!dir.path().join("catalog").exists());
 }
+
+#[test]
+fn base_flag_naming_a_commit() {
+    let (dir, store) = setup();
+    let ft = write(&dir.path().join("ft.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![1; 8])]);
+    commit(&store, &ft, "base", Some("task")).unwrap();
+    let error = commit(&store, &ft, "task", None).unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument { .. }), "{error:?}");
+    assert!(error.to_string().contains("names a commit, not a base"), "{error}");
+}

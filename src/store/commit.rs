@@ -184,7 +184,15 @@ impl Store {
                 return Err(Error::NameTaken { name: name.clone(), taken_by: "a base" });
             }
         }
-        let base_id = self.catalog.resolve_base(&options.base)?;
+        let base_id = match self.catalog.resolve_base(&options.base) {
+            Err(crate::catalog::CatalogError::NotFound { .. }) if self.catalog.resolve_commit(&options.base).is_ok() => {
+                return Err(Error::InvalidArgument {
+                    what: format!("--base {}", options.base),
+                    detail: "names a commit, not a base; give the base it was committed against, or register the checkpoint with `wstore base add`".into(),
+                });
+            }
+            other => other?,
+        };
         let base = self
             .catalog
             .get_base(&base_id)?
@@ -460,6 +468,12 @@ impl Store {
         let elem_size = info.dtype.bits().filter(|b| b % 8 == 0 && *b <= 64 && *b > 0).map(|b| (b / 8) as usize).unwrap_or(1);
         let payload = lossless::encode(&base_bytes, bytes, elem_size, lossless::DEFAULT_ZSTD_LEVEL)
             .map_err(|e| Error::Codec { tensor: info.name.clone(), detail: e.to_string() })?;
+        // A tiny or unrelated tensor can cost more as a delta than whole.
+        if payload.len() >= bytes.len() {
+            let stored = self.objects.put_with_id(hash, ObjectKind::Raw, bytes)?;
+            tally.record(&stored);
+            return Ok(exact(TensorStorage::Whole { object: hash }, stored.stored_bytes));
+        }
         let stored = self.objects.put(ObjectKind::LosslessDelta, &payload)?;
         tally.record(&stored);
         Ok(exact(
