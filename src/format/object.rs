@@ -151,9 +151,18 @@ pub fn decode(file: &[u8]) -> Result<(EnvelopeHeader, Vec<u8>), EnvelopeError> {
     let content = match header.compression {
         Compression::None => body.to_vec(),
         Compression::Zstd => {
-            // The declared length bounds the allocation; a frame that inflates further fails.
-            zstd::bulk::decompress(body, header.content_len as usize)
-                .map_err(|e| EnvelopeError::Decompress(e.to_string()))?
+            // Stream the frame so memory grows with the bytes it really holds, not with the
+            // length the header declares (a corrupt header could claim gigabytes). Reading one
+            // byte past the declared length is enough to catch a frame that inflates further.
+            use std::io::Read;
+            let decoder = zstd::stream::read::Decoder::with_buffer(body)
+                .map_err(|e| EnvelopeError::Decompress(e.to_string()))?;
+            let mut content = Vec::new();
+            decoder
+                .take(header.content_len.saturating_add(1))
+                .read_to_end(&mut content)
+                .map_err(|e| EnvelopeError::Decompress(e.to_string()))?;
+            content
         }
     };
     if content.len() as u64 != header.content_len {
@@ -225,6 +234,20 @@ mod tests {
         let mut bad = good;
         bad[15] = 0xff;
         assert!(matches!(decode(&bad).unwrap_err(), EnvelopeError::ContentTooLarge { .. }));
+    }
+
+    #[test]
+    fn huge_declared_length_is_not_allocated() {
+        // A zstd body of 3 bytes whose header claims 32 GiB: found by the object_decoders
+        // fuzz target, which ran out of memory when the claim sized the buffer.
+        let mut file = encode_header(&EnvelopeHeader {
+            kind: ObjectKind::Raw,
+            compression: Compression::Zstd,
+            content_len: 32 << 30,
+        })
+        .to_vec();
+        file.extend_from_slice(&zstd::bulk::compress(b"abc", 3).unwrap());
+        assert_eq!(decode(&file).unwrap_err(), EnvelopeError::LengthMismatch { declared: 32 << 30, actual: 3 });
     }
 
     proptest! {
