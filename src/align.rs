@@ -16,7 +16,7 @@ impl PrefixMap {
         })
     }
 
-    /// The base name a fine-tune tensor is compared with, if the name carries the prefix.
+    /// Returns the base name a fine-tune tensor is compared with, if the name carries the prefix.
     pub fn base_name(&self, finetune_name: &str) -> Option<String> {
         finetune_name
             .strip_prefix(&self.finetune_prefix)

@@ -31,8 +31,9 @@ impl FileBytes {
         if len == 0 {
             return Ok(FileBytes { map: None });
         }
-        // SAFETY: the map is read-only, and inputs are files nobody should be writing. If a
-        // writer changes bytes under us anyway, the per-tensor hashes expose it at checkout.
+        // SAFETY: the map is read-only, and inputs should not be written while they are read.
+        // If one changes anyway, `Checkpoint::verify_unchanged` rejects the commit.
+        // NOTE: truncating the file instead ends the process with SIGBUS; the store is unharmed.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("mmap", path, e))?;
         Ok(FileBytes { map: Some(map) })

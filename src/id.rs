@@ -41,7 +41,7 @@ impl ObjectId {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
-    /// The first `SHORT_HEX_LEN` hex digits, for tables and messages.
+    /// Returns the first `SHORT_HEX_LEN` hex digits, for tables and messages.
     pub fn short(&self) -> String {
         self.to_hex()[..SHORT_HEX_LEN].to_string()
     }

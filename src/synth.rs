@@ -55,7 +55,7 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     (sum - 2.0) * 1.732
 }
 
-/// A tiny bf16 LLaMA-shaped base: weights ~ N(0, 0.02), norms ~ 1.
+/// Generates a tiny bf16 LLaMA-shaped base: weights ~ N(0, 0.02), norms ~ 1.
 pub fn tiny_base(seed: u64) -> Vec<SynthTensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     llama_layout(256, 64, 172, 2)
@@ -74,8 +74,8 @@ pub fn tiny_base(seed: u64) -> Vec<SynthTensor> {
         .collect()
 }
 
-/// A fine-tune of `base`: every 2-D tensor except the embedding and head gets noise of
-/// `scale` times the weights' spread; the embedding, head and norms stay identical.
+/// Generates a fine-tune of `base`. Every 2-D tensor except the embedding and head gets noise
+/// of `scale` times the weights' spread, and the embedding, head and norms stay identical.
 pub fn tiny_finetune(base: &[SynthTensor], seed: u64, scale: f32) -> Vec<SynthTensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     base.iter()

@@ -5,13 +5,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{commit, tensor, write};
+use common::{commit, store_state, tensor, write};
 use wstore::format::safetensors::Dtype;
 use wstore::progress::NoProgress;
 use wstore::store::CheckoutOptions;
 use wstore::{Error, Store};
 
-/// A store holding one small base named "base", and the directory around it.
+/// Creates a store holding one small base named "base", in a temporary directory.
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let base = write(&dir.path().join("base.safetensors"), &[
@@ -35,7 +35,7 @@ fn raw_file(dir: &Path, name: &str, header: &[u8], data: &[u8]) -> PathBuf {
 /// Commits `path` and adds it as a base; both must fail with an invalid-safetensors error
 /// naming the file, and the store must not change.
 fn assert_rejected(dir: &Path, store: &Store, path: &Path, expected_words: &str) {
-    let before = store_state_with_open(store);
+    let before = store_state(store);
     let commit_error = commit(store, path, "base", Some("bad")).unwrap_err();
     let base_error = store.add_base("bad-base", path, &NoProgress).unwrap_err();
     for error in [&commit_error, &base_error] {
@@ -49,26 +49,9 @@ fn assert_rejected(dir: &Path, store: &Store, path: &Path, expected_words: &str)
 }
 
 fn drop_and_compare(store: &Store, before: (Vec<(String, u64)>, String)) {
-    let (files, listing) = store_state_with_open(store);
+    let (files, listing) = store_state(store);
     assert_eq!(files, before.0);
     assert_eq!(listing, before.1);
-}
-
-/// Like `store_state`, but through the already open store (sled allows one opener).
-fn store_state_with_open(store: &Store) -> (Vec<(String, u64)>, String) {
-    let files = {
-        let mut files = Vec::new();
-        for fan in std::fs::read_dir(store.root().join("objects")).unwrap() {
-            let fan = fan.unwrap().path();
-            for entry in std::fs::read_dir(&fan).unwrap() {
-                let entry = entry.unwrap();
-                files.push((entry.path().display().to_string(), entry.metadata().unwrap().len()));
-            }
-        }
-        files.sort();
-        files
-    };
-    (files, serde_json::to_string(&store.list().unwrap()).unwrap())
 }
 
 #[test]
@@ -165,7 +148,7 @@ fn unknown_ref_on_checkout() {
 #[test]
 fn unknown_base_on_commit() {
     let (dir, store) = setup();
-    let before = store_state_with_open(&store);
+    let before = store_state(&store);
     let ft = write(&dir.path().join("ft.safetensors"), &[tensor("a", Dtype::F32, &[2], vec![0; 8])]);
     let error = commit(&store, &ft, "llama-nope", Some("x")).unwrap_err();
     assert!(matches!(error, Error::Catalog(wstore::catalog::CatalogError::NotFound { kind: "base", .. })), "{error:?}");
@@ -176,7 +159,7 @@ fn unknown_base_on_commit() {
 #[test]
 fn finetune_sharing_no_tensor() {
     let (dir, store) = setup();
-    let before = store_state_with_open(&store);
+    let before = store_state(&store);
     let ft = write(&dir.path().join("other.safetensors"), &[tensor("zzz", Dtype::F32, &[2], vec![0; 8])]);
     let error = commit(&store, &ft, "base", Some("x")).unwrap_err();
     assert!(matches!(error, Error::NoSharedTensors { .. }), "{error:?}");
@@ -207,7 +190,7 @@ fn symlink_out_of_model_directory() {
     std::fs::create_dir(&model).unwrap();
     std::fs::write(dir.path().join("secret.txt"), b"outside").unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret.txt"), model.join("config.json")).unwrap();
-    let before = store_state_with_open(&store);
+    let before = store_state(&store);
     let error = store.add_base("m", &model, &NoProgress).unwrap_err();
     assert!(matches!(error, Error::UnsafePath { .. }), "{error:?}");
     drop_and_compare(&store, before);
@@ -233,7 +216,7 @@ fn input_changed_during_commit_is_detected() {
     let path = write(&dir.path().join("m.safetensors"), &[tensor("a", Dtype::U8, &[4], vec![1, 2, 3, 4])]);
     let checkpoint = wstore::checkpoint::Checkpoint::open(&path).unwrap();
     assert!(checkpoint.verify_unchanged().is_ok());
-    // Overwrite one byte in place, as a concurrent writer would; the mapping sees it.
+    // Overwrite one byte in place, as a concurrent writer would. The shared mapping reflects it.
     let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.seek(SeekFrom::End(-1)).unwrap();
     file.write_all(&[9]).unwrap();

@@ -11,7 +11,10 @@ fuzz_target!(|text: &[u8]| {
     };
     assert!(!shards.is_empty());
     for shard in shards {
-        assert!(!shard.is_empty() && !shard.contains('/') && !shard.contains('\0'));
-        assert!(shard != "." && shard != "..", "{shard:?}");
+        assert!(!shard.is_empty());
+        assert!(!shard.contains('/'), "{shard:?}");
+        assert!(!shard.contains('\0'), "{shard:?}");
+        assert!(shard != ".", "{shard:?}");
+        assert!(shard != "..", "{shard:?}");
     }
 });

@@ -253,8 +253,8 @@ impl Store {
         Ok((out, Some(report)))
     }
 
-    /// Encodes one batch; `None` marks a tensor whose values or delta are not all finite,
-    /// which the codec cannot quantize and which is then stored exactly.
+    /// Encodes one batch. `None` marks a tensor whose values or delta are not all finite,
+    /// because the codec cannot quantize it, so it is stored exactly.
     fn encode_batch(&self, batch: &[Candidate], settings: &Settings) -> Result<Vec<Option<(Vec<u8>, TensorStats)>>, Error> {
         let values: Vec<(Vec<f32>, Vec<f32>)> = batch
             .par_iter()

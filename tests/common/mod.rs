@@ -18,27 +18,21 @@ pub fn write(path: &Path, tensors: &[SynthTensor]) -> PathBuf {
     path.to_path_buf()
 }
 
-/// Everything observable about a store's contents: object files with sizes, and the listing.
-pub fn store_state(store_dir: &Path) -> (Vec<(String, u64)>, String) {
+/// Lists everything observable about a store's contents: object files with their sizes, and
+/// the `ls --json` listing. It reads through the open store, because sled allows one opener.
+pub fn store_state(store: &Store) -> (Vec<(String, u64)>, String) {
     let mut files = Vec::new();
-    let objects = store_dir.join("objects");
-    if objects.exists() {
-        for fan in std::fs::read_dir(&objects).unwrap() {
-            let fan = fan.unwrap().path();
-            if fan.is_dir() {
-                for entry in std::fs::read_dir(&fan).unwrap() {
-                    let entry = entry.unwrap();
-                    files.push((entry.path().display().to_string(), entry.metadata().unwrap().len()));
-                }
+    for fan in std::fs::read_dir(store.root().join("objects")).unwrap() {
+        let fan = fan.unwrap().path();
+        if fan.is_dir() {
+            for entry in std::fs::read_dir(&fan).unwrap() {
+                let entry = entry.unwrap();
+                files.push((entry.path().display().to_string(), entry.metadata().unwrap().len()));
             }
         }
     }
     files.sort();
-    let listing = match Store::open(store_dir) {
-        Ok(store) => serde_json::to_string(&store.list().unwrap()).unwrap(),
-        Err(e) => format!("error: {e}"),
-    };
-    (files, listing)
+    (files, serde_json::to_string(&store.list().unwrap()).unwrap())
 }
 
 pub fn commit(store: &Store, path: &Path, base: &str, name: Option<&str>) -> Result<wstore::store::CommitReport, wstore::Error> {
