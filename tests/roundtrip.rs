@@ -337,3 +337,41 @@ fn lossy_commit_keeps_nan_tensor_exact() {
     let bad = &original[header_len + 64 * 64 * 4..];
     assert_eq!(&out[header_len + 64 * 64 * 4..], bad);
 }
+
+/// Explicit settings with a family: the second fine-tune's delta is larger, so the trace-norm
+/// factor shrinks it, and the reported error is the error of what a checkout returns.
+#[test]
+fn explicit_report_measures_error_after_trace_norm_factor() {
+    use wstore::codec::ultradelta::Settings;
+    use wstore::store::{CodecChoice, LossyOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let weights = |scale: f32| -> Vec<f32> { (0..64 * 64).map(|i| (i as f32 * 0.37).sin() * 0.02 + scale * (i as f32 * 1.3).cos()).collect() };
+    let bytes = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let base_values = weights(0.0);
+    let base = write(&dir.path().join("b.safetensors"), &[tensor("w", Dtype::F32, &[64, 64], bytes(&base_values))]);
+    let store = Store::init(&dir.path().join("store")).unwrap();
+    store.add_base("b", &base, &NoProgress).unwrap();
+    let lossy = LossyOptions {
+        settings: Settings { sparsity: Some(0.5), bits: Some(8), ..Settings::default() },
+        accept_error: true,
+        ..Default::default()
+    };
+    let mut reports = Vec::new();
+    for (name, scale) in [("small", 0.002f32), ("large", 0.006)] {
+        let path = write(&dir.path().join(format!("{name}.safetensors")), &[tensor("w", Dtype::F32, &[64, 64], bytes(&weights(scale)))]);
+        let options = CommitOptions { base: "b".into(), name: Some(name.into()), codec: CodecChoice::UltraDelta(lossy.clone()), ..Default::default() };
+        reports.push((store.commit(&path, &options, &NoProgress).unwrap(), weights(scale)));
+    }
+    let (report, finetuned) = &reports[1];
+    let lossy_report = report.lossy.as_ref().unwrap();
+    assert!(lossy_report.trace_norm_factor < 0.9, "factor {}", lossy_report.trace_norm_factor);
+    let out = checkout_bytes(&store, "large", &dir.path().join("o.safetensors"));
+    let rebuilt: Vec<f32> = out[out.len() - 64 * 64 * 4..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (r, f) in rebuilt.iter().zip(finetuned) {
+        err += (f64::from(*r) - f64::from(*f)).powi(2);
+        norm += f64::from(*f).powi(2);
+    }
+    let measured = (err / norm).sqrt();
+    assert!((lossy_report.max_rel_error - measured).abs() <= 1e-9 * measured, "{} vs {measured}", lossy_report.max_rel_error);
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Store;
 use crate::catalog::TensorEntry;
 use crate::checkpoint::{Checkpoint, FileBytes};
-use crate::codec::ultradelta::{self, MaskMode, Settings, TensorDelta, TensorStats};
+use crate::codec::ultradelta::{self, Band, MaskMode, Settings, SparsityPlan, TensorDelta, TensorStats};
 use crate::error::Error;
 use crate::format::safetensors::{Dtype, TensorInfo};
 use crate::id::ObjectId;
@@ -17,9 +17,9 @@ use crate::id::ObjectId;
 /// vectors such as biases and norm scales are sensitive to error.
 pub const MIN_LOSSY_ELEMENTS: u64 = 4096;
 
-/// Parameters per batch handed to the codec in budget mode, which treats tensors independently.
-/// The batch bounds memory at about 16 bytes per parameter, as f32 copies.
-const BUDGET_BATCH_PARAMETERS: u64 = 64 << 20;
+/// Parameters per batch handed to the codec. The batch bounds memory at about 16 bytes per
+/// parameter, as f32 copies.
+const BATCH_PARAMETERS: u64 = 64 << 20;
 
 /// UltraDelta options of one commit.
 #[derive(Debug, Clone)]
@@ -175,16 +175,20 @@ impl Store {
 
         let settings = &options.settings;
         let explicit = settings.sparsity.is_some();
-        // Explicit settings allocate sparsity across all tensors, so they are encoded in one
-        // call; budget mode is per tensor, so batches bound the memory.
-        let batches: Vec<&[Candidate]> = if explicit {
-            vec![&candidates[..]]
-        } else {
-            batch_by_parameters(&candidates, BUDGET_BATCH_PARAMETERS)
+        // Batches bound the memory: f32 copies of one batch at a time. Explicit settings
+        // allocate sparsity across all tensors, so a first pass over the batches collects the
+        // statistics the allocation needs, and the second encodes with the allocated rates.
+        let batches = batch_by_parameters(&candidates, BATCH_PARAMETERS);
+        let plan = match settings.sparsity {
+            Some(p) => Some(self.allocate_explicit(&batches, settings, p)?),
+            None => None,
         };
         let mut encoded = Vec::with_capacity(candidates.len());
+        let mut first = 0;
         for batch in batches {
-            encoded.extend(self.encode_batch(batch, settings)?);
+            let allocated = plan.as_ref().map(|plan| (&plan.rates[first..first + batch.len()], &plan.bands[first..first + batch.len()]));
+            encoded.extend(self.encode_batch(batch, settings, allocated)?);
+            first += batch.len();
         }
         // Tensors with a non-finite value or delta are stored exactly.
         let finite: Vec<bool> = encoded.iter().map(Option::is_some).collect();
@@ -216,7 +220,7 @@ impl Store {
 
         // Reconstruct every tensor once: its hash is recorded for checkout, and the whole-delta
         // fidelity is measured on exactly what a checkout will return.
-        let rebuilt: Vec<(ObjectId, [f64; 3])> = candidates
+        let rebuilt: Vec<(ObjectId, [f64; 4])> = candidates
             .par_iter()
             .zip(payloads.par_iter())
             .map(|(c, payload)| {
@@ -236,8 +240,13 @@ impl Store {
         let payloads = keep_accepted(payloads, &accepted);
         let rebuilt = keep_accepted(rebuilt, &accepted);
         let mut stats = keep_accepted(stats, &accepted);
-        for tensor_stats in &mut stats {
+        for (tensor_stats, (_, sums)) in stats.iter_mut().zip(&rebuilt) {
             tensor_stats.trace_norm_factor = factor;
+            // The codec measured its errors before the trace-norm factor; what a checkout
+            // returns has the factor applied, so the report and the budget check use that.
+            if factor != 1.0 {
+                refresh_fidelity(tensor_stats, sums, settings.max_error);
+            }
         }
         if candidates.is_empty() {
             return Ok((HashMap::new(), None));
@@ -253,9 +262,9 @@ impl Store {
         Ok((out, Some(report)))
     }
 
-    /// Encodes one batch. `None` marks a tensor whose values or delta are not all finite,
-    /// because the codec cannot quantize it, so it is stored exactly.
-    fn encode_batch(&self, batch: &[Candidate], settings: &Settings) -> Result<Vec<Option<(Vec<u8>, TensorStats)>>, Error> {
+    /// Reads one batch as f32 base and fine-tune values, and flags the tensors whose values and
+    /// delta are all finite: the codec cannot quantize the others, so they are stored exactly.
+    fn batch_values(&self, batch: &[Candidate]) -> Result<(Vec<(Vec<f32>, Vec<f32>)>, Vec<bool>), Error> {
         let values: Vec<(Vec<f32>, Vec<f32>)> = batch
             .par_iter()
             .map(|c| {
@@ -269,27 +278,85 @@ impl Store {
                 Ok(values)
             })
             .collect::<Result<_, Error>>()?;
-        let finite: Vec<bool> = values
+        let finite = values
             .par_iter()
             .map(|(base, finetuned)| base.iter().zip(finetuned).all(|(b, f)| (f - b).is_finite() && b.is_finite()))
             .collect();
-        let deltas: Vec<TensorDelta> = batch
-            .iter()
-            .zip(&values)
-            .zip(&finite)
-            .filter(|(_, ok)| **ok)
-            .map(|((c, (base, finetuned)), _)| TensorDelta { name: &c.info.name, shape: &c.info.shape, base, finetuned })
-            .collect();
+        Ok((values, finite))
+    }
+
+    /// First pass of explicit mode: the three-band allocation over every finite candidate,
+    /// returned with one rate and band per candidate in order (placeholders for the others,
+    /// which `encode_batch` leaves out).
+    fn allocate_explicit(&self, batches: &[&[Candidate]], settings: &Settings, p: f64) -> Result<SparsityPlan, Error> {
+        let bits = settings.bits.unwrap_or(4);
+        let mut std_devs: Vec<Option<f64>> = Vec::new();
+        let mut numels = Vec::new();
+        for batch in batches {
+            let (values, finite) = self.batch_values(batch)?;
+            let deltas = finite_deltas(batch, &values, &finite);
+            let mut batch_devs = ultradelta::quantized_std_devs(&deltas, bits).map_err(codec_error)?.into_iter();
+            for (c, ok) in batch.iter().zip(&finite) {
+                std_devs.push(if *ok { batch_devs.next() } else { None });
+                numels.push(c.info.numel().unwrap_or(0));
+            }
+        }
+        let finite_devs: Vec<f64> = std_devs.iter().flatten().copied().collect();
+        let finite_numels: Vec<u64> =
+            std_devs.iter().zip(&numels).filter(|(d, _)| d.is_some()).map(|(_, n)| *n).collect();
+        let allocated = ultradelta::allocate_sparsity(&finite_devs, &finite_numels, p, settings.step);
+        let (mut rates, mut bands) = (allocated.rates.into_iter(), allocated.bands.into_iter());
+        let mut plan = SparsityPlan { rates: Vec::with_capacity(std_devs.len()), bands: Vec::with_capacity(std_devs.len()) };
+        for dev in &std_devs {
+            let (rate, band) = match dev {
+                Some(_) => (rates.next().unwrap_or(p), bands.next().unwrap_or(Band::Mid)),
+                None => (p, Band::Mid),
+            };
+            plan.rates.push(rate);
+            plan.bands.push(band);
+        }
+        Ok(plan)
+    }
+
+    /// Encodes one batch. `None` marks a tensor whose values or delta are not all finite,
+    /// which is stored exactly. `allocated` holds the batch's explicit-mode rates and bands.
+    fn encode_batch(
+        &self,
+        batch: &[Candidate],
+        settings: &Settings,
+        allocated: Option<(&[f64], &[Band])>,
+    ) -> Result<Vec<Option<(Vec<u8>, TensorStats)>>, Error> {
+        let (values, finite) = self.batch_values(batch)?;
+        let deltas = finite_deltas(batch, &values, &finite);
         let dtypes: Vec<Dtype> =
             batch.iter().zip(&finite).filter(|(_, ok)| **ok).map(|(c, _)| c.info.dtype.clone()).collect();
         let encoded = if deltas.is_empty() {
             None
         } else {
-            Some(ultradelta::encode_commit(&deltas, &dtypes, settings, 1.0).map_err(codec_error)?)
+            let result = match allocated {
+                Some((rates, bands)) => {
+                    let rates = keep_accepted(rates.to_vec(), &finite);
+                    let bands = keep_accepted(bands.to_vec(), &finite);
+                    ultradelta::encode_allocated(&deltas, &dtypes, settings, 1.0, &rates, &bands)
+                }
+                None => ultradelta::encode_commit(&deltas, &dtypes, settings, 1.0),
+            };
+            Some(result.map_err(codec_error)?)
         };
         let mut results = encoded.into_iter().flat_map(|e| e.objects.into_iter().zip(e.stats));
         Ok(finite.iter().map(|ok| if *ok { results.next() } else { None }).collect())
     }
+}
+
+/// Pairs each finite candidate of a batch with its f32 values, as the codec takes them.
+fn finite_deltas<'v>(batch: &'v [Candidate], values: &'v [(Vec<f32>, Vec<f32>)], finite: &[bool]) -> Vec<TensorDelta<'v>> {
+    batch
+        .iter()
+        .zip(values)
+        .zip(finite)
+        .filter(|(_, ok)| **ok)
+        .map(|((c, (base, finetuned)), _)| TensorDelta { name: &c.info.name, shape: &c.info.shape, base, finetuned })
+        .collect()
 }
 
 /// Maps a codec error to the library error: invalid settings are the caller's arguments.
@@ -321,27 +388,39 @@ fn batch_by_parameters<'c, 'a>(candidates: &'c [Candidate<'a>], limit: u64) -> V
     batches
 }
 
-/// Sums over one tensor, in f64: ||delta_rec - delta||², ||delta||², <delta_rec, delta>.
-fn delta_sums(base: &[u8], finetuned: &[u8], rebuilt: &[u8], dtype: &Dtype) -> Result<[f64; 3], Error> {
+/// Sums over one tensor, in f64: ||delta_rec - delta||², ||delta||², <delta_rec, delta>, ||W_ft||².
+fn delta_sums(base: &[u8], finetuned: &[u8], rebuilt: &[u8], dtype: &Dtype) -> Result<[f64; 4], Error> {
     let values = |bytes: &[u8]| {
         ultradelta::values_from_bytes(bytes, dtype).map_err(|e| Error::Codec { tensor: String::new(), detail: e.to_string() })
     };
     let (b, f, r) = (values(base)?, values(finetuned)?, values(rebuilt)?);
-    let mut sums = [0f64; 3];
+    let mut sums = [0f64; 4];
     for ((b, f), r) in b.iter().zip(&f).zip(&r) {
         let exact = f64::from(*f) - f64::from(*b);
         let got = f64::from(*r) - f64::from(*b);
         sums[0] += (got - exact) * (got - exact);
         sums[1] += exact * exact;
         sums[2] += got * exact;
+        sums[3] += f64::from(*f) * f64::from(*f);
     }
     Ok(sums)
+}
+
+/// Sets a tensor's fidelity figures from the sums of `delta_sums` over its reconstruction.
+/// `W_rec - W_ft` equals `delta_rec - delta`, so the weight error needs no separate pass.
+fn refresh_fidelity(stats: &mut TensorStats, sums: &[f64; 4], max_error: f64) {
+    let [err, norm, dot, weights] = *sums;
+    stats.rel_error = if weights > 0.0 { (err / weights).sqrt() } else { err.sqrt() };
+    stats.delta_rel_error = if norm > 0.0 { (err / norm).sqrt() } else { 0.0 };
+    let got = (err + 2.0 * dot - norm).max(0.0);
+    stats.delta_cosine = if norm > 0.0 && got > 0.0 { dot / (norm.sqrt() * got.sqrt()) } else { 1.0 };
+    stats.within_budget = stats.rel_error <= max_error;
 }
 
 fn summarise(
     explicit: bool,
     stats: &[TensorStats],
-    rebuilt: &[(ObjectId, [f64; 3])],
+    rebuilt: &[(ObjectId, [f64; 4])],
     max_error: f64,
     trace_norm: Option<f64>,
     trace_norm_factor: f64,
@@ -352,7 +431,8 @@ fn summarise(
     let coded_bytes: u64 = stats.iter().map(|s| s.value_bytes + s.position_bytes).sum();
     let zeros: f64 = stats.iter().map(|s| s.sparsity * s.numel as f64).sum();
     let worst = stats.iter().max_by(|a, b| a.rel_error.total_cmp(&b.rel_error));
-    let [err, norm, dot] = rebuilt.iter().fold([0f64; 3], |acc, (_, s)| [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]);
+    let [err, norm, dot, _] =
+        rebuilt.iter().fold([0f64; 4], |acc, (_, s)| [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2], acc[3] + s[3]]);
     let got_norm: f64 = (norm + err - 2.0 * (norm - dot)).max(0.0);
     let mut over_budget: Vec<(String, f64)> =
         stats.iter().filter(|s| s.rel_error > max_error).map(|s| (s.name.clone(), s.rel_error)).collect();

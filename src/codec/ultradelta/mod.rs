@@ -81,8 +81,8 @@ use stats::Fidelity;
 /// Relative weight error `||W_rec - W_ft|| / ||W_ft||` allowed per tensor when no explicit
 /// sparsity and bits are given.
 ///
-/// NOTE: provisional. It is to be set from the rxnfp output check (cosine >= 0.999 and full
-/// top-1 agreement), which has not been run yet.
+/// Chosen from the rxnfp output check in docs/BENCHMARKS.md: the largest budget tried whose
+/// reconstructions keep a [CLS] cosine of at least 0.999 and full top-1 agreement.
 pub const DEFAULT_MAX_ERROR: f64 = 1e-3;
 
 /// Sparsity step between the variance bands, as in the published runs.
@@ -264,6 +264,72 @@ pub fn encode_commit(
     settings: &Settings,
     trace_norm_factor: f64,
 ) -> Result<EncodedCommit, UltraDeltaError> {
+    encode_tensors(tensors, dtypes, settings, trace_norm_factor, None)
+}
+
+/// Sparsity of each tensor of a commit from the three-band allocation (step 2), computed once
+/// over all its tensors so that they can then be encoded a batch at a time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparsityPlan {
+    pub rates: Vec<f64>,
+    pub bands: Vec<Band>,
+}
+
+/// Standard deviation of each tensor's quantized delta at `bits`, the input of
+/// [`allocate_sparsity`]. Needs one tensor batch at a time, not the whole commit.
+pub fn quantized_std_devs(tensors: &[TensorDelta], bits: u8) -> Result<Vec<f64>, UltraDeltaError> {
+    if !(1..=8).contains(&bits) {
+        return Err(UltraDeltaError::InvalidSettings(format!("bits {bits} must be 1 to 8")));
+    }
+    tensors.par_iter().try_for_each(validate_tensor)?;
+    Ok(tensors
+        .par_iter()
+        .map(|t| {
+            let q = quantize::Quantizer::fit(t.base, t.finetuned, bits);
+            q.std_dev(&q.histogram(t.base, t.finetuned))
+        })
+        .collect())
+}
+
+/// Three-band allocation over all tensors of a commit, from their quantized standard
+/// deviations and element counts, for target mean sparsity `p` and band step `step`.
+pub fn allocate_sparsity(std_devs: &[f64], numels: &[u64], p: f64, step: f64) -> SparsityPlan {
+    let allocation = allocate::allocate(std_devs, numels, p, step);
+    SparsityPlan { rates: allocation.rates, bands: allocation.bands }
+}
+
+/// Encodes some tensors of a commit in explicit mode with rates and bands allocated over the
+/// whole commit (see [`allocate_sparsity`]); `rates[i]` and `bands[i]` belong to `tensors[i]`.
+/// The result is identical to encoding all tensors in one [`encode_commit`] call.
+pub fn encode_allocated(
+    tensors: &[TensorDelta],
+    dtypes: &[Dtype],
+    settings: &Settings,
+    trace_norm_factor: f64,
+    rates: &[f64],
+    bands: &[Band],
+) -> Result<EncodedCommit, UltraDeltaError> {
+    if settings.sparsity.is_none() {
+        return Err(UltraDeltaError::InvalidSettings("an allocated encoding needs an explicit sparsity".into()));
+    }
+    if rates.len() != tensors.len() || bands.len() != tensors.len() {
+        return Err(UltraDeltaError::InvalidSettings(format!(
+            "{} rates and {} bands given for {} tensors",
+            rates.len(),
+            bands.len(),
+            tensors.len()
+        )));
+    }
+    encode_tensors(tensors, dtypes, settings, trace_norm_factor, Some((rates, bands)))
+}
+
+fn encode_tensors(
+    tensors: &[TensorDelta],
+    dtypes: &[Dtype],
+    settings: &Settings,
+    trace_norm_factor: f64,
+    allocated: Option<(&[f64], &[Band])>,
+) -> Result<EncodedCommit, UltraDeltaError> {
     validate_settings(settings, trace_norm_factor)?;
     if dtypes.len() != tensors.len() {
         return Err(UltraDeltaError::InvalidSettings(format!(
@@ -294,15 +360,16 @@ pub fn encode_commit(
     {
         Some(p) => {
             let bits = settings.bits.unwrap_or(4);
-            let std_devs: Vec<f64> = tensors
-                .par_iter()
-                .map(|t| {
-                    let q = quantize::Quantizer::fit(t.base, t.finetuned, bits);
-                    q.std_dev(&q.histogram(t.base, t.finetuned))
-                })
-                .collect();
-            let numels: Vec<u64> = tensors.iter().map(|t| t.base.len() as u64).collect();
-            let allocation = allocate::allocate(&std_devs, &numels, p, settings.step);
+            let owned;
+            let (rates, bands) = match allocated {
+                Some(given) => given,
+                None => {
+                    let std_devs = quantized_std_devs(tensors, bits)?;
+                    let numels: Vec<u64> = tensors.iter().map(|t| t.base.len() as u64).collect();
+                    owned = allocate_sparsity(&std_devs, &numels, p, settings.step);
+                    (&owned.rates[..], &owned.bands[..])
+                }
+            };
             let choices = tensors
                 .par_iter()
                 .zip(float_dtypes.par_iter())
@@ -310,14 +377,14 @@ pub fn encode_commit(
                 .map(|(i, (t, &dtype))| {
                     let plan = TensorPlan {
                         bits,
-                        tensor_sparsity: allocation.rates[i],
+                        tensor_sparsity: rates[i],
                         commit_sparsity: p,
                         rescale: settings.extra_rescale / (1.0 - p),
                         ..template(t)
                     };
                     let pruned = prune_tensor(t.base, t.finetuned, &plan);
                     let encoded = write_object(&pruned, t.shape, dtype, &plan);
-                    (plan, encoded, Some(allocation.bands[i]))
+                    (plan, encoded, Some(bands[i]))
                 })
                 .collect();
             (

@@ -235,6 +235,46 @@ fn objects_identical_across_thread_counts() {
     }
 }
 
+/// Explicit mode encoded a batch at a time, with the allocation made over the whole commit
+/// first, writes the same objects as one call over all tensors: what bounds a 7B commit's memory.
+#[test]
+fn batched_explicit_encoding_equals_one_call() {
+    let family = Family::new(&[(64, 64), (32, 100), (128, 16), (10, 300), (50, 50)], 9);
+    let tensors = family.tensors();
+    let dtypes = vec![Dtype::F32; tensors.len()];
+    for mode in [MaskMode::Grouped, MaskMode::Seeded] {
+        let settings = explicit(0.9, 4, mode);
+        let whole = encode_commit(&tensors, &dtypes, &settings, 1.0).unwrap();
+        let devs = quantized_std_devs(&tensors, 4).unwrap();
+        let numels: Vec<u64> = tensors.iter().map(|t| t.base.len() as u64).collect();
+        let plan = allocate_sparsity(&devs, &numels, 0.9, settings.step);
+        let mut objects = Vec::new();
+        for range in [0..2, 2..5] {
+            let part = encode_allocated(
+                &tensors[range.clone()],
+                &dtypes[range.clone()],
+                &settings,
+                1.0,
+                &plan.rates[range.clone()],
+                &plan.bands[range],
+            )
+            .unwrap();
+            objects.extend(part.objects);
+        }
+        assert_eq!(objects, whole.objects, "{mode:?}");
+    }
+    let budget = Settings::default();
+    assert!(matches!(
+        encode_allocated(&tensors, &dtypes, &budget, 1.0, &[0.5; 5], &[Band::Mid; 5]),
+        Err(UltraDeltaError::InvalidSettings(_))
+    ));
+    let settings = explicit(0.9, 4, MaskMode::Seeded);
+    assert!(matches!(
+        encode_allocated(&tensors, &dtypes, &settings, 1.0, &[0.5; 4], &[Band::Mid; 5]),
+        Err(UltraDeltaError::InvalidSettings(_))
+    ));
+}
+
 #[test]
 fn reconstruct_adds_delta_in_dtype() {
     let family = Family::new(&[(40, 25)], 6);
