@@ -65,20 +65,35 @@ fi
 # --- rows --------------------------------------------------------------------------------
 
 # Each row is "label|commit flags". The budget rows use the default mask mode (seeded).
-ROWS=(
-    "budget 1e-3 (default)|"
-    "budget 3e-3|--max-error 3e-3"
-    "budget 1e-2|--max-error 1e-2"
-    "budget 3e-2|--max-error 3e-2"
-)
-for sparsity in 0.9 0.95 0.97 0.99; do
-    for mode in grouped seeded; do
-        ROWS+=("p=$sparsity 4-bit $mode|--sparsity $sparsity --bits 4 --step 0.01 --accept-error --mask-mode $mode")
+# RXNFP_ROWS=policy swaps in rows that compare tensor policies instead: the default (2-D
+# float tensors of at least 4096 elements), every float tensor (biases, LayerNorm scales and
+# the 1-D tensors included), and the default without the embeddings, each at two budgets.
+if [[ "${RXNFP_ROWS:-}" == policy ]]; then
+    ROWS=()
+    for budget in 1e-3 3e-3; do
+        ROWS+=("default policy, budget $budget|--max-error $budget")
+        ROWS+=("every float tensor, budget $budget|--max-error $budget --include *")
+        ROWS+=("no embeddings, budget $budget|--max-error $budget --exclude *embeddings*")
     done
-done
+else
+    ROWS=(
+        "budget 1e-3 (default)|"
+        "budget 3e-3|--max-error 3e-3"
+        "budget 1e-2|--max-error 1e-2"
+        "budget 3e-2|--max-error 3e-2"
+    )
+    for sparsity in 0.9 0.95 0.97 0.99; do
+        for mode in grouped seeded; do
+            ROWS+=("p=$sparsity 4-bit $mode|--sparsity $sparsity --bits 4 --step 0.01 --accept-error --mask-mode $mode")
+        done
+    done
+fi
 
 # Commit one row into a fresh store, check it out and build its DARE twin.
 run_row() {
+    # No pathname expansion here: the flags hold glob patterns for wstore, not for the shell.
+    local -
+    set -f
     local finetune=$1 index=$2 label=$3 flags=$4
     local dir="$OUT/$finetune/row$index"
     rm -rf "$dir"
