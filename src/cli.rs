@@ -11,6 +11,9 @@ use crate::error::Error;
 use crate::progress::{NoProgress, Progress};
 use crate::store::{CheckoutOptions, CommitOptions, Details, LogEntry, Store, Target};
 
+mod maintenance;
+pub use maintenance::{open_waiting, parse_duration};
+
 #[derive(Debug, Parser)]
 #[command(name = "wstore", version, about = "A version store for model weights: bases kept once, fine-tunes kept as deltas")]
 pub struct Cli {
@@ -23,6 +26,9 @@ pub struct Cli {
     /// Hide progress bars
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Seconds to wait while another wstore process has the store open, before failing
+    #[arg(long, global = true, value_name = "SECS", env = "WSTORE_LOCK_TIMEOUT", default_value_t = 60)]
+    pub lock_timeout: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -94,6 +100,37 @@ pub enum Command {
     /// Show one commit or base tensor by tensor
     Show {
         target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every object, delta and catalog reference; exit 1 if problems are found
+    Fsck {
+        /// Also rebuild every stored file and compare it with its recorded BLAKE3
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete objects that no base or commit record reaches
+    Gc {
+        /// List what would be deleted, and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreachable objects modified within this time (90s, 15m, 1h, 2d; bare number: seconds)
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a ref (the commit stays), or with --commit a commit record nothing depends on
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["ref_name", "commit"])))]
+    Rm {
+        /// Ref to delete
+        #[arg(value_name = "REF")]
+        ref_name: Option<String>,
+        /// Commit id prefix to delete; rejected while a ref or a child commit needs it
+        #[arg(long, value_name = "ID")]
+        commit: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -177,6 +214,15 @@ pub enum BaseCommand {
     },
     /// List bases
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a base name; the last name deletes the base, rejected while commits depend on it
+    Rm {
+        name: String,
+        /// Also delete the commits that depend on the base, and their refs
+        #[arg(long)]
+        with_commits: bool,
         #[arg(long)]
         json: bool,
     },
@@ -276,6 +322,9 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
     let root = store_dir(cli.store.as_deref());
     tracing::debug!(store = %root.display(), "opening store directly (no daemon)");
     let progress = progress_for(cli.quiet);
+    let lock_timeout = std::time::Duration::from_secs(cli.lock_timeout);
+    let quiet = cli.quiet;
+    let open = |root: &Path| open_waiting(root, lock_timeout, quiet);
     match cli.command {
         Command::Init => {
             let existed = root.join("catalog").exists();
@@ -287,7 +336,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Base(BaseCommand::Add { name, path, json }) => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let report = store.add_base(&name, &path, progress.as_ref())?;
             if json {
                 print_json(&report);
@@ -306,7 +355,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Base(BaseCommand::List { json }) => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let listing = store.list()?;
             if json {
                 print_json(&listing.bases);
@@ -315,7 +364,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Commit { path, base, name, message, parent, author, map_prefix, no_align, codec, json } => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let codec = codec.to_choice()?;
             let options = CommitOptions { base, name, message, parent, author, map_prefix, no_align, codec };
             let report = store.commit(&path, &options, progress.as_ref())?;
@@ -351,7 +400,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Checkout { target, output, force, json } => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let resolved = store.resolve(&target)?;
             let (snapshot, _) = store.snapshot_of(resolved)?;
             let output = match (output, &snapshot.layout) {
@@ -377,7 +426,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Ls { json } => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let listing = store.list()?;
             if json {
                 print_json(&listing);
@@ -403,7 +452,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Log { target, json } => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let entries = store.log(&target)?;
             if json {
                 print_json(&entries);
@@ -428,13 +477,21 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             }
         }
         Command::Show { target, json } => {
-            let store = Store::open(&root)?;
+            let store = open(&root)?;
             let details = store.show(&target)?;
             if json {
                 print_json(&details);
             } else {
                 print_details(&details);
             }
+        }
+        Command::Fsck { full, json } => return maintenance::run_fsck(&open(&root)?, full, json),
+        Command::Gc { dry_run, grace, json } => return maintenance::run_gc(&open(&root)?, dry_run, grace, json),
+        Command::Rm { ref_name, commit, json } => {
+            return maintenance::run_rm(&open(&root)?, ref_name.as_deref(), commit.as_deref(), json)
+        }
+        Command::Base(BaseCommand::Rm { name, with_commits, json }) => {
+            return maintenance::run_base_rm(&open(&root)?, &name, with_commits, json)
         }
     }
     Ok(0)

@@ -22,6 +22,10 @@ pub enum Error {
     CorruptObject { id: ObjectId, detail: String },
     #[error("{what} failed verification: expected BLAKE3 {expected}, rebuilt {actual}; nothing was written to the output")]
     VerificationFailed { what: String, expected: ObjectId, actual: ObjectId },
+    #[error("{what} is still needed by {dependants}; {fix}")]
+    HasDependants { what: String, dependants: String, fix: String },
+    #[error("{path}: the store stayed locked by another wstore process for {waited_secs} s; retry once it has finished, or raise --lock-timeout")]
+    LockTimeout { path: PathBuf, waited_secs: u64 },
 
     // ---- invalid input
     #[error("{path}: invalid safetensors file: {source}")]

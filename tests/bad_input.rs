@@ -290,3 +290,77 @@ fn base_flag_naming_a_commit() {
     assert!(matches!(error, Error::InvalidArgument { .. }), "{error:?}");
     assert!(error.to_string().contains("names a commit, not a base"), "{error}");
 }
+
+#[test]
+fn deeply_nested_header() {
+    let (dir, store) = setup();
+    let depth = 100_000;
+    let header = format!(r#"{{"a":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+    let path = raw_file(dir.path(), "nested.safetensors", header.as_bytes(), &[]);
+    assert_rejected(dir.path(), &store, &path, "\"a\"");
+}
+
+/// Writes `index` as a sharded checkpoint's index file in a new directory `name`.
+fn index_file(dir: &Path, name: &str, index: &[u8]) -> PathBuf {
+    let model = dir.join(name);
+    std::fs::create_dir(&model).unwrap();
+    let index_path = model.join("model.safetensors.index.json");
+    std::fs::write(&index_path, index).unwrap();
+    index_path
+}
+
+#[test]
+fn deeply_nested_index() {
+    let (dir, store) = setup();
+    let depth = 100_000;
+    let index = format!(r#"{{"weight_map":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+    let index_path = index_file(dir.path(), "nested", index.as_bytes());
+    let before = store_state(&store);
+    let error = store.add_base("m", &index_path, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::InvalidIndex { .. }), "{error:?}");
+    assert!(error.to_string().contains("not valid JSON"), "{error}");
+    drop_and_compare(&store, before);
+}
+
+#[test]
+fn index_over_size_cap() {
+    let (dir, store) = setup();
+    let index_path = index_file(dir.path(), "huge", b"");
+    // A sparse file: its length is checked before any byte is read.
+    std::fs::File::options().write(true).open(&index_path).unwrap().set_len(wstore::checkpoint::MAX_INDEX_BYTES + 1).unwrap();
+    let before = store_state(&store);
+    let error = store.add_base("m", &index_path, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::InvalidIndex { .. }), "{error:?}");
+    assert!(error.to_string().contains("cap"), "{error}");
+    drop_and_compare(&store, before);
+}
+
+#[test]
+fn index_shard_names_that_escape() {
+    let (dir, store) = setup();
+    let before = store_state(&store);
+    for (number, shard) in ["/etc/passwd", "sub/s.safetensors", "s\u{0}.safetensors", "..", "../base.safetensors"].iter().enumerate() {
+        let index = serde_json::json!({"weight_map": {"a": shard}}).to_string();
+        let index_path = index_file(dir.path(), &format!("escape-{number}"), index.as_bytes());
+        let error = store.add_base("m", &index_path, &NoProgress).unwrap_err();
+        assert!(matches!(error, Error::InvalidIndex { .. }), "{shard:?}: {error:?}");
+        assert!(error.to_string().contains("not a plain file name"), "{shard:?}: {error}");
+    }
+    drop_and_compare(&store, before);
+}
+
+#[test]
+fn symlinked_subdirectory_outside() {
+    let (dir, store) = setup();
+    let model = dir.path().join("model-with-link");
+    std::fs::create_dir(&model).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), b"outside").unwrap();
+    std::os::unix::fs::symlink(&outside, model.join("linked")).unwrap();
+    let before = store_state(&store);
+    let error = store.add_base("m", &model, &NoProgress).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error:?}");
+    assert!(error.to_string().contains("outside the model directory"), "{error}");
+    drop_and_compare(&store, before);
+}

@@ -3,6 +3,7 @@
 
 mod migrations;
 pub mod records;
+mod removal;
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use thiserror::Error;
 
 pub use migrations::{apply_migrations, LATEST_SCHEMA};
 pub use records::*;
+pub use removal::{Removal, ScannedRecord};
 
 use crate::id::ObjectId;
 

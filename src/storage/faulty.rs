@@ -252,6 +252,10 @@ impl Storage for FaultyStorage {
     fn list(&self) -> Result<Vec<ObjectId>, StorageError> {
         self.inner.list()
     }
+
+    fn modified(&self, id: &ObjectId) -> Result<Option<std::time::SystemTime>, StorageError> {
+        self.inner.modified(id)
+    }
 }
 
 /// Stand-in path for injected errors, which have no real file.

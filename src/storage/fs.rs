@@ -93,11 +93,18 @@ impl FsStorage {
     /// Only call this while no other process writes to the store, because it cannot tell a
     /// crash leftover from a temp file that is still being written.
     pub fn remove_stale_temps(&self) -> Result<usize, StorageError> {
+        self.remove_stale_temps_listed().map(|removed| removed.len())
+    }
+
+    /// Like `remove_stale_temps`, but returns the paths of the removed files, so `fsck` can
+    /// report them.
+    pub fn remove_stale_temps_listed(&self) -> Result<Vec<PathBuf>, StorageError> {
         // Removals are not fsynced, because a temp file that reappears after a crash is simply
         // removed again.
-        let mut removed = remove_temps_in(&self.objects_dir)?;
+        let mut removed = Vec::new();
+        remove_temps_in(&self.objects_dir, &mut removed)?;
         for fanout_dir in self.fanout_dirs()? {
-            removed += remove_temps_in(&fanout_dir)?;
+            remove_temps_in(&fanout_dir, &mut removed)?;
         }
         Ok(removed)
     }
@@ -292,6 +299,16 @@ impl Storage for FsStorage {
         ids.sort();
         Ok(ids)
     }
+
+    fn modified(&self, id: &ObjectId) -> Result<Option<std::time::SystemTime>, StorageError> {
+        let path = self.object_path(id);
+        let metadata = fs::symlink_metadata(&path)
+            .map_err(|error| Self::read_error(id, "read modification time of object", &path, error))?;
+        let modified = metadata
+            .modified()
+            .map_err(|error| StorageError::from_io("read modification time of object", &path, error))?;
+        Ok(Some(modified))
+    }
 }
 
 impl fmt::Debug for FsStorage {
@@ -319,10 +336,9 @@ fn parse_object_name(fanout_name: &str, file_name: &std::ffi::OsStr) -> Option<O
     format!("{fanout_name}{file_name}").parse().ok()
 }
 
-/// Removes `.tmp-*` regular files directly inside `dir` and returns how many were removed.
-fn remove_temps_in(dir: &Path) -> Result<usize, StorageError> {
+/// Removes `.tmp-*` regular files directly inside `dir` and adds their paths to `removed`.
+fn remove_temps_in(dir: &Path, removed: &mut Vec<PathBuf>) -> Result<(), StorageError> {
     let list_error = |source| StorageError::from_io("list object directory", dir, source);
-    let mut removed = 0;
     for entry in fs::read_dir(dir).map_err(list_error)? {
         let entry = entry.map_err(list_error)?;
         if !is_temp_name(&entry.file_name()) || !entry.file_type().map_err(list_error)?.is_file() {
@@ -330,13 +346,13 @@ fn remove_temps_in(dir: &Path) -> Result<usize, StorageError> {
         }
         let path = entry.path();
         match fs::remove_file(&path) {
-            Ok(()) => removed += 1,
+            Ok(()) => removed.push(path),
             // Its writer finished or cleaned up between the listing and the removal.
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(StorageError::from_io("remove temp file", path, error)),
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -46,6 +46,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Ids of all stored objects in ascending order.
     fn list(&self) -> Result<Vec<ObjectId>, StorageError>;
+
+    /// Last modification time of an object, or `None` where the storage keeps no times (the
+    /// in-memory store). `gc` spares unreferenced objects younger than its grace period.
+    fn modified(&self, id: &ObjectId) -> Result<Option<std::time::SystemTime>, StorageError> {
+        let _ = id;
+        Ok(None)
+    }
 }
 
 /// Error of a `Storage` operation.

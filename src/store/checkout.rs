@@ -135,7 +135,7 @@ impl Store {
     /// Rebuilds a safetensors file in order, handing each piece to `sink`, and returns the
     /// BLAKE3 of the whole. Tensors are rebuilt a window at a time in parallel and passed on
     /// in file order, so memory stays within (threads × largest tensor).
-    fn stream_safetensors(
+    pub(super) fn stream_safetensors(
         &self,
         st: &SafetensorsFile,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), Error>,

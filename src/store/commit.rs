@@ -114,6 +114,7 @@ impl Store {
     /// again, under any name, store no new bytes.
     pub fn add_base(&self, name: &str, path: &Path, progress: &dyn Progress) -> Result<BaseReport, Error> {
         validate_name("base", name)?;
+        let _writing = self.lock_shared();
         if self.catalog.get_ref(name)?.is_some() {
             return Err(Error::NameTaken { name: name.to_string(), taken_by: "a ref" });
         }
@@ -178,6 +179,7 @@ impl Store {
     /// Commits the fine-tune at `path` against a base, storing each tensor as a reference
     /// to the base, a lossless delta against it, or whole.
     pub fn commit(&self, path: &Path, options: &CommitOptions, progress: &dyn Progress) -> Result<CommitReport, Error> {
+        let _writing = self.lock_shared();
         if let Some(name) = &options.name {
             validate_name("ref", name)?;
             if self.catalog.base_by_name(name)?.is_some() {

@@ -2,14 +2,20 @@
 
 mod checkout;
 mod commit;
+mod fsck;
+mod gc;
 mod lossy;
+mod remove;
 mod views;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use checkout::{CheckoutOptions, CheckoutReport};
 pub use commit::{BaseReport, CodecChoice, CommitOptions, CommitReport};
+pub use fsck::{Finding, FindingKind, FsckOptions, FsckReport};
+pub use gc::{GcOptions, GcReport, DEFAULT_GC_GRACE};
+pub use remove::BaseRemoval;
 pub use lossy::{glob_match, parse_mask_mode, LossyOptions, LossyReport, TensorPolicy, MIN_LOSSY_ELEMENTS};
 pub use views::{BaseView, CommitView, Details, FileView, LogEntry, StoreListing, TensorView};
 
@@ -32,6 +38,12 @@ pub struct Store {
     root: PathBuf,
     catalog: Catalog,
     objects: ObjectStore,
+    /// Temp files left by interrupted writes that `open` removed, reported by `fsck`.
+    removed_temps: Vec<PathBuf>,
+    /// Held shared by writers (`add_base`, `commit`) and exclusively by `gc` and removals, so
+    /// threads sharing this `Store` never see gc delete an object that a commit in flight
+    /// relies on. Other processes are kept out by the catalog's lock.
+    write_lock: RwLock<()>,
 }
 
 /// Resolved target of a user-supplied reference.
@@ -46,9 +58,11 @@ impl Store {
     /// unless it is a complete one, which is then just opened).
     pub fn init(root: &Path) -> Result<Store, Error> {
         std::fs::create_dir_all(root.join(OBJECTS_DIR)).map_err(|e| Error::io("create", root, e))?;
-        // Creating the catalog here is what marks the directory as a store.
-        drop(Catalog::open(&root.join(CATALOG_DIR))?);
-        Self::open(root)
+        // Creating the catalog here is what marks the directory as a store. It stays open:
+        // sled's background threads may hold its lock for a moment after a drop, so closing
+        // and reopening it here could fail as locked.
+        let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
+        Self::with_catalog(root, catalog)
     }
 
     /// Opens the store at `root`; a missing store is an error naming `wstore init`.
@@ -59,18 +73,36 @@ impl Store {
         // The catalog's lock comes first: with it held no other wstore process writes here,
         // so leftover temp files are from a crash and safe to delete.
         let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
+        Self::with_catalog(root, catalog)
+    }
+
+    /// Opens the object storage of a store whose catalog this process has opened (and so
+    /// locked), removing temp files that interrupted writes left.
+    fn with_catalog(root: &Path, catalog: Catalog) -> Result<Store, Error> {
         let storage = FsStorage::open(&root.join(OBJECTS_DIR))?;
-        let removed = storage.remove_stale_temps()?;
-        if removed > 0 {
-            tracing::warn!(removed, store = %root.display(), "removed temp files left by an interrupted write");
+        let removed_temps = storage.remove_stale_temps_listed()?;
+        if !removed_temps.is_empty() {
+            tracing::warn!(removed = removed_temps.len(), store = %root.display(), "removed temp files left by an interrupted write");
         }
-        Ok(Store { root: root.to_path_buf(), catalog, objects: ObjectStore::new(Arc::new(storage)) })
+        Ok(Store {
+            root: root.to_path_buf(),
+            catalog,
+            objects: ObjectStore::new(Arc::new(storage)),
+            removed_temps,
+            write_lock: RwLock::new(()),
+        })
     }
 
     /// Opens the catalog at `root` over a given object storage (tests inject faults here).
     pub fn open_with_storage(root: &Path, storage: Arc<dyn Storage>) -> Result<Store, Error> {
         let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
-        Ok(Store { root: root.to_path_buf(), catalog, objects: ObjectStore::new(storage) })
+        Ok(Store {
+            root: root.to_path_buf(),
+            catalog,
+            objects: ObjectStore::new(storage),
+            removed_temps: Vec::new(),
+            write_lock: RwLock::new(()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -83,6 +115,17 @@ impl Store {
 
     pub fn objects(&self) -> &ObjectStore {
         &self.objects
+    }
+
+    /// Takes the write lock shared, for a writer that adds objects and records.
+    pub(crate) fn lock_shared(&self) -> RwLockReadGuard<'_, ()> {
+        // The lock guards no data, so a panic in another holder leaves nothing inconsistent.
+        self.write_lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the write lock exclusively, for gc and removals.
+    pub(crate) fn lock_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.write_lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Resolves a ref, commit id prefix, base name or base id prefix, in that order.

@@ -52,3 +52,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = sha2::Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Opens the store at `root` again after this process dropped its handle. sled's background
+/// threads may hold the catalog lock for a moment after the drop, so a lock error is retried
+/// for up to 10 s.
+pub fn reopen(root: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(root) {
+            Err(wstore::Error::Catalog(wstore::catalog::CatalogError::Locked { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
