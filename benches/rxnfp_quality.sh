@@ -72,8 +72,8 @@ if [[ "${RXNFP_ROWS:-}" == policy ]]; then
     ROWS=()
     for budget in 1e-3 3e-3; do
         ROWS+=("default policy, budget $budget|--max-error $budget")
-        ROWS+=("every float tensor, budget $budget|--max-error $budget --include *")
-        ROWS+=("no embeddings, budget $budget|--max-error $budget --exclude *embeddings*")
+        ROWS+=("every float tensor, budget $budget|--max-error $budget --lossy-include *")
+        ROWS+=("no embeddings, budget $budget|--max-error $budget --lossy-exclude *embeddings*")
     done
 else
     ROWS=(
