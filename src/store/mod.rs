@@ -8,8 +8,8 @@ mod views;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use checkout::{CheckoutOptions, CheckoutReport};
-pub use commit::{BaseReport, CodecChoice, CommitOptions, CommitReport};
+pub use checkout::{prepare_output, CheckoutOptions, CheckoutReport};
+pub use commit::{default_author, BaseReport, CodecChoice, CommitOptions, CommitReport};
 pub use lossy::{glob_match, parse_mask_mode, LossyOptions, LossyReport, TensorPolicy, MIN_LOSSY_ELEMENTS};
 pub use views::{BaseView, CommitView, Details, FileView, LogEntry, StoreListing, TensorView};
 
@@ -46,9 +46,11 @@ impl Store {
     /// unless it is a complete one, which is then just opened).
     pub fn init(root: &Path) -> Result<Store, Error> {
         std::fs::create_dir_all(root.join(OBJECTS_DIR)).map_err(|e| Error::io("create", root, e))?;
-        // Creating the catalog here is what marks the directory as a store.
-        drop(Catalog::open(&root.join(CATALOG_DIR))?);
-        Self::open(root)
+        // Creating the catalog here is what marks the directory as a store. It stays open,
+        // because a dropped sled database can keep its file lock for a moment in background
+        // threads, and reopening it then fails with "catalog is locked".
+        let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
+        Self::with_catalog(root, catalog)
     }
 
     /// Opens the store at `root`; a missing store is an error naming `wstore init`.
@@ -59,6 +61,11 @@ impl Store {
         // The catalog's lock comes first: with it held no other wstore process writes here,
         // so leftover temp files are from a crash and safe to delete.
         let catalog = Catalog::open(&root.join(CATALOG_DIR))?;
+        Self::with_catalog(root, catalog)
+    }
+
+    /// Opens the object storage of the store at `root`, whose catalog the caller has opened.
+    fn with_catalog(root: &Path, catalog: Catalog) -> Result<Store, Error> {
         let storage = FsStorage::open(&root.join(OBJECTS_DIR))?;
         let removed = storage.remove_stale_temps()?;
         if removed > 0 {
