@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::Error;
 use crate::progress::{NoProgress, Progress};
-use crate::store::{CheckoutOptions, CommitOptions, Details, LogEntry, Store, Target};
+use crate::client::discovery::LiveDaemon;
+use crate::client::CommitRequest;
+use crate::store::{BaseReport, BaseView, CheckoutOptions, CheckoutReport, CommitOptions, CommitReport, Details, LogEntry, Store, StoreListing, Target};
 
 mod maintenance;
 pub use maintenance::{open_waiting, parse_duration};
@@ -20,9 +22,13 @@ pub struct Cli {
     /// Store directory [default: $WSTORE_HOME, else the per-user data directory + /wstore]
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Print debug logs to stderr
+    /// Print debug logs to stderr, and whether the command goes through a daemon or opens the store
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// File holding the bearer token of the daemon that owns the store [default: $WSTORE_TOKEN].
+    /// Give it before the subcommand: `wstore --token-file FILE ls`
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Hide progress bars
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -134,10 +140,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the store over HTTP: checkouts with byte ranges, and the read and write API as JSON
+    Serve {
+        /// Address and port to listen on; port 0 picks a free port. Any address other than
+        /// loopback requires a bearer token
+        #[arg(long, value_name = "ADDR", default_value = crate::daemon::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// File holding the bearer token every request must send [default: $WSTORE_TOKEN, else no token]
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Memory for rebuilt tensors kept for later requests, in MiB
+        #[arg(long, value_name = "MIB", default_value_t = crate::daemon::cache::DEFAULT_CACHE_MIB)]
+        cache_mb: u64,
+        /// Maximum number of connections served at once; more wait in the listen backlog
+        #[arg(long, value_name = "N", default_value_t = crate::daemon::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Maximum size of one upload, in GiB
+        #[arg(long, value_name = "GIB", default_value_t = crate::daemon::DEFAULT_MAX_UPLOAD_GIB)]
+        max_upload_gb: u64,
+    },
 }
 
-/// Codec options of `commit`.
-#[derive(Debug, clap::Args)]
+/// Codec options of `commit`. The daemon's `POST /v1/commits` takes the same fields in JSON,
+/// with the same defaults.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CodecArgs {
     /// Codec for changed tensors: `ultradelta` (lossy within --max-error) or `lossless` (exact)
     #[arg(long, default_value = "ultradelta", value_parser = ["ultradelta", "lossless"])]
@@ -175,10 +202,33 @@ pub struct CodecArgs {
     pub lossy_exclude: Vec<String>,
 }
 
+impl Default for CodecArgs {
+    /// Returns the defaults clap applies when no codec flag is given.
+    fn default() -> Self {
+        CodecArgs {
+            codec: "ultradelta".into(),
+            sparsity: None,
+            bits: None,
+            step: crate::codec::ultradelta::DEFAULT_STEP,
+            rescale: 1.0,
+            mask_mode: "seeded".into(),
+            max_error: crate::codec::ultradelta::DEFAULT_MAX_ERROR,
+            seed: 0,
+            accept_error: false,
+            lossy_include: Vec::new(),
+            lossy_exclude: Vec::new(),
+        }
+    }
+}
+
 impl CodecArgs {
-    fn to_choice(&self) -> Result<crate::store::CodecChoice, Error> {
+    /// Turns the options into a codec choice, rejecting values clap would reject.
+    pub fn to_choice(&self) -> Result<crate::store::CodecChoice, Error> {
         if self.codec == "lossless" {
             return Ok(crate::store::CodecChoice::Lossless);
+        }
+        if self.codec != "ultradelta" {
+            return Err(Error::InvalidArgument { what: format!("--codec {}", self.codec), detail: "expected ultradelta or lossless".into() });
         }
         let mask_mode = crate::store::parse_mask_mode(&self.mask_mode).ok_or_else(|| Error::InvalidArgument {
             what: format!("--mask-mode {}", self.mask_mode),
@@ -317,14 +367,24 @@ fn format_time(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Runs one parsed command; returns the process exit code.
+/// Runs one parsed command; returns the process exit code. When a live daemon owns the store,
+/// the command goes through its HTTP API; otherwise the store is opened here.
 pub fn run(cli: Cli) -> Result<i32, Error> {
     let root = store_dir(cli.store.as_deref());
-    tracing::debug!(store = %root.display(), "opening store directly (no daemon)");
     let progress = progress_for(cli.quiet);
     let lock_timeout = std::time::Duration::from_secs(cli.lock_timeout);
     let quiet = cli.quiet;
     let open = |root: &Path| open_waiting(root, lock_timeout, quiet);
+    let token = crate::client::discovery::read_token(cli.token_file.as_deref())?;
+    if let Some(daemon) = crate::client::discover(&root, token)? {
+        if cli.verbose {
+            eprintln!("using daemon at {}", daemon.client.url());
+        }
+        return run_through_daemon(&daemon, &root, cli.command, progress.as_ref());
+    }
+    if cli.verbose {
+        eprintln!("opening store at {} directly", root.display());
+    }
     match cli.command {
         Command::Init => {
             let existed = root.join("catalog").exists();
@@ -338,152 +398,48 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Base(BaseCommand::Add { name, path, json }) => {
             let store = open(&root)?;
             let report = store.add_base(&name, &path, progress.as_ref())?;
-            if json {
-                print_json(&report);
-            } else if report.already_present {
-                println!("base {} already stored as {}; added name {:?}, 0 new bytes", name, report.id.short(), name);
-            } else {
-                println!(
-                    "added base {} {} ({} tensors): {} original, {} stored, {} new",
-                    name,
-                    report.id.short(),
-                    report.tensors,
-                    human_bytes(report.original_bytes),
-                    human_bytes(report.stored_bytes),
-                    human_bytes(report.new_bytes)
-                );
-            }
+            print_base_added(&name, &report, json);
         }
         Command::Base(BaseCommand::List { json }) => {
             let store = open(&root)?;
-            let listing = store.list()?;
-            if json {
-                print_json(&listing.bases);
-            } else {
-                print_bases(&listing.bases);
-            }
+            print_base_list(&store.list()?.bases, json);
         }
         Command::Commit { path, base, name, message, parent, author, map_prefix, no_align, codec, json } => {
             let store = open(&root)?;
             let codec = codec.to_choice()?;
             let options = CommitOptions { base, name, message, parent, author, map_prefix, no_align, codec };
             let report = store.commit(&path, &options, progress.as_ref())?;
-            if json {
-                print_json(&report);
-            } else {
-                let label = report.ref_name.clone().unwrap_or_default();
-                let kind = if report.lossy.is_some() { "lossy, ultradelta" } else { "lossless" };
-                match &report.ref_name {
-                    Some(_) => println!("committed {label} as {} ({kind})", report.commit),
-                    None => println!("committed {} ({kind})", report.commit),
-                }
-                if let Some(map) = &report.name_map {
-                    println!(
-                        "  names aligned: fine-tune {:?} + x -> base {:?} + x{}",
-                        map.finetune_prefix,
-                        map.base_prefix,
-                        if map.detected { " (detected)" } else { "" }
-                    );
-                }
-                let kinds: Vec<String> = report.tensors_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
-                println!("  tensors: {}", kinds.join(", "));
-                println!(
-                    "  original {}, stored {} (ratio {}), new bytes written {}",
-                    human_bytes(report.original_bytes),
-                    human_bytes(report.stored_bytes),
-                    ratio_text(report.original_bytes, report.stored_bytes),
-                    human_bytes(report.new_bytes)
-                );
-                if let Some(lossy) = &report.lossy {
-                    print_lossy_report(lossy);
-                }
-            }
+            print_commit(&report, json);
         }
         Command::Checkout { target, output, force, json } => {
             let store = open(&root)?;
             let resolved = store.resolve(&target)?;
             let (snapshot, _) = store.snapshot_of(resolved)?;
-            let output = match (output, &snapshot.layout) {
-                // A single file checked out to an existing directory goes inside it.
-                (Some(dir), crate::catalog::Layout::SingleFile { file_name }) if dir.is_dir() => dir.join(file_name),
-                (Some(path), _) => path,
-                (None, crate::catalog::Layout::SingleFile { .. }) => PathBuf::from(format!("{target}.safetensors")),
-                (None, crate::catalog::Layout::Directory { .. }) => PathBuf::from(&target),
-            };
+            let output = checkout_output(output, &snapshot.layout, &target);
             let report = store.checkout(resolved, &output, &CheckoutOptions { force }, progress.as_ref())?;
-            if json {
-                print_json(&report);
-            } else {
-                let what = match resolved {
-                    Target::Commit(_) if report.lossy => "lossy commit (values are the codec's reconstruction)",
-                    Target::Commit(_) => "commit",
-                    Target::Base(_) => "base",
-                };
-                println!("checked out {what} {target} to {} ({})", output.display(), human_bytes(report.bytes));
-                for (path, hash) in &report.file_hashes {
-                    println!("  {path}  blake3 {hash}  verified");
-                }
-            }
+            print_checkout(&report, &target, matches!(resolved, Target::Commit(_)), json);
         }
         Command::Ls { json } => {
             let store = open(&root)?;
-            let listing = store.list()?;
-            if json {
-                print_json(&listing);
-            } else {
-                print_bases(&listing.bases);
-                println!();
-                println!("{:<14} {:<20} {:<16} {:<9} {:>11} {:>11} {:>8}", "COMMIT", "REFS", "BASE", "CODEC", "ORIGINAL", "STORED", "RATIO");
-                for c in &listing.commits {
-                    println!(
-                        "{:<14} {:<20} {:<16} {:<9} {:>11} {:>11} {:>7.2}x",
-                        c.id.short(),
-                        c.refs.join(","),
-                        c.base_names.first().cloned().unwrap_or_else(|| c.base.short()),
-                        if c.lossy { format!("{}*", c.codec.name) } else { c.codec.name.clone() },
-                        human_bytes(c.original_bytes),
-                        human_bytes(c.stored_bytes),
-                        c.ratio
-                    );
-                }
-                if listing.commits.iter().any(|c| c.lossy) {
-                    println!("* lossy: checkouts return the codec's reconstruction, not the original bytes");
-                }
-            }
+            print_listing(&store.list()?, json);
         }
         Command::Log { target, json } => {
             let store = open(&root)?;
-            let entries = store.log(&target)?;
-            if json {
-                print_json(&entries);
-            } else {
-                for entry in &entries {
-                    match entry {
-                        LogEntry::Commit(c) => {
-                            let refs = if c.refs.is_empty() { String::new() } else { format!(" ({})", c.refs.join(", ")) };
-                            println!("commit {}{}", c.id, refs);
-                            println!("  author {}  date {}", c.author, format_time(c.time));
-                            println!("  codec {}{}", c.codec.name, if c.lossy { " (lossy)" } else { "" });
-                            if !c.message.is_empty() {
-                                println!("  {}", c.message);
-                            }
-                        }
-                        LogEntry::Base(b) => {
-                            println!("base {} ({})", b.id, b.names.join(", "));
-                            println!("  added {}", format_time(b.added_at));
-                        }
-                    }
-                }
-            }
+            print_log(&store.log(&target)?, json);
+        }
+        Command::Serve { listen, token_file, cache_mb, max_connections, max_upload_gb } => {
+            let config = crate::daemon::ServeConfig {
+                listen,
+                token: crate::daemon::auth::BearerToken::from_file_or_env(token_file.as_deref())?,
+                cache_bytes: cache_mb.saturating_mul(1 << 20),
+                max_connections,
+                max_upload_bytes: max_upload_gb.saturating_mul(1 << 30),
+            };
+            crate::daemon::serve(&root, config)?;
         }
         Command::Show { target, json } => {
             let store = open(&root)?;
-            let details = store.show(&target)?;
-            if json {
-                print_json(&details);
-            } else {
-                print_details(&details);
-            }
+            print_show(&store.show(&target)?, json);
         }
         Command::Fsck { full, json } => return maintenance::run_fsck(&open(&root)?, full, json),
         Command::Gc { dry_run, grace, json } => return maintenance::run_gc(&open(&root)?, dry_run, grace, json),
@@ -495,6 +451,205 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         }
     }
     Ok(0)
+}
+
+/// Runs a command through the daemon that owns the store at `root`, printing what the same
+/// command prints without a daemon. Paths go to the daemon absolute, because it does not share
+/// this process's working directory; checkouts are written here, by this process.
+fn run_through_daemon(daemon: &LiveDaemon, root: &Path, command: Command, progress: &dyn Progress) -> Result<i32, Error> {
+    let client = &daemon.client;
+    match command {
+        Command::Init => println!("store already exists at {}", root.display()),
+        Command::Base(BaseCommand::Add { name, path, json }) => {
+            let report = client.add_base(&name, &absolute(&path)?)?;
+            print_base_added(&name, &report, json);
+        }
+        Command::Base(BaseCommand::List { json }) => print_base_list(&client.bases()?, json),
+        Command::Commit { path, base, name, message, parent, author, map_prefix, no_align, codec, json } => {
+            // Invalid codec options fail here with the same message as without a daemon.
+            codec.to_choice()?;
+            let author = Some(crate::store::default_author(author));
+            let request = CommitRequest { path: absolute(&path)?, base, name, message, parent, author, map_prefix, no_align, codec };
+            print_commit(&client.commit(&request)?, json);
+        }
+        Command::Checkout { target, output, force, json } => {
+            let manifest = client.checkout_manifest(&target)?;
+            let output = checkout_output(output, &manifest.layout, &target);
+            let report = crate::client::checkout::checkout(client, root, &manifest, &output, force, progress)?;
+            print_checkout(&report, &target, manifest.kind == "commit", json);
+        }
+        Command::Ls { json } => print_listing(&client.list()?, json),
+        Command::Log { target, json } => print_log(&client.log(&target)?, json),
+        Command::Show { target, json } => print_show(&client.show(&target)?, json),
+        // `serve`, and any command without an HTTP route, would fail on the catalog lock the
+        // daemon holds, so it is rejected with the way out instead.
+        other => {
+            return Err(Error::DaemonUnsupported {
+                command: command_name(&other),
+                url: client.url().to_string(),
+                pid: daemon.discovery.pid,
+                store: root.to_path_buf(),
+            })
+        }
+    }
+    Ok(0)
+}
+
+/// Returns the subcommand's name as typed (`serve` for `Command::Serve { .. }`), taken from the
+/// variant name so commands added later are named without a change here.
+fn command_name(command: &Command) -> String {
+    let debug = format!("{command:?}");
+    let variant: String = debug.chars().take_while(char::is_ascii_alphanumeric).collect();
+    variant.to_lowercase()
+}
+
+/// Makes a path absolute against the working directory, without resolving symlinks.
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|e| Error::io("resolve", path, e))
+}
+
+/// Chooses where a checkout goes: a single file checked out to an existing directory goes
+/// inside it, and without `--output` the target's name in the working directory.
+fn checkout_output(output: Option<PathBuf>, layout: &crate::catalog::Layout, target: &str) -> PathBuf {
+    match (output, layout) {
+        (Some(dir), crate::catalog::Layout::SingleFile { file_name }) if dir.is_dir() => dir.join(file_name),
+        (Some(path), _) => path,
+        (None, crate::catalog::Layout::SingleFile { .. }) => PathBuf::from(format!("{target}.safetensors")),
+        (None, crate::catalog::Layout::Directory { .. }) => PathBuf::from(target),
+    }
+}
+
+fn print_base_added(name: &str, report: &BaseReport, json: bool) {
+    if json {
+        print_json(report);
+    } else if report.already_present {
+        println!("base {} already stored as {}; added name {:?}, 0 new bytes", name, report.id.short(), name);
+    } else {
+        println!(
+            "added base {} {} ({} tensors): {} original, {} stored, {} new",
+            name,
+            report.id.short(),
+            report.tensors,
+            human_bytes(report.original_bytes),
+            human_bytes(report.stored_bytes),
+            human_bytes(report.new_bytes)
+        );
+    }
+}
+
+fn print_base_list(bases: &[BaseView], json: bool) {
+    if json {
+        print_json(&bases);
+    } else {
+        print_bases(bases);
+    }
+}
+
+fn print_commit(report: &CommitReport, json: bool) {
+    if json {
+        print_json(report);
+        return;
+    }
+    let label = report.ref_name.clone().unwrap_or_default();
+    let kind = if report.lossy.is_some() { "lossy, ultradelta" } else { "lossless" };
+    match &report.ref_name {
+        Some(_) => println!("committed {label} as {} ({kind})", report.commit),
+        None => println!("committed {} ({kind})", report.commit),
+    }
+    if let Some(map) = &report.name_map {
+        println!(
+            "  names aligned: fine-tune {:?} + x -> base {:?} + x{}",
+            map.finetune_prefix,
+            map.base_prefix,
+            if map.detected { " (detected)" } else { "" }
+        );
+    }
+    let kinds: Vec<String> = report.tensors_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!("  tensors: {}", kinds.join(", "));
+    println!(
+        "  original {}, stored {} (ratio {}), new bytes written {}",
+        human_bytes(report.original_bytes),
+        human_bytes(report.stored_bytes),
+        ratio_text(report.original_bytes, report.stored_bytes),
+        human_bytes(report.new_bytes)
+    );
+    if let Some(lossy) = &report.lossy {
+        print_lossy_report(lossy);
+    }
+}
+
+/// Prints a checkout's result; `is_commit` is false for a base.
+fn print_checkout(report: &CheckoutReport, target: &str, is_commit: bool, json: bool) {
+    if json {
+        print_json(report);
+        return;
+    }
+    let what = match (is_commit, report.lossy) {
+        (true, true) => "lossy commit (values are the codec's reconstruction)",
+        (true, false) => "commit",
+        (false, _) => "base",
+    };
+    println!("checked out {what} {target} to {} ({})", report.output.display(), human_bytes(report.bytes));
+    for (path, hash) in &report.file_hashes {
+        println!("  {path}  blake3 {hash}  verified");
+    }
+}
+
+fn print_listing(listing: &StoreListing, json: bool) {
+    if json {
+        print_json(listing);
+        return;
+    }
+    print_bases(&listing.bases);
+    println!();
+    println!("{:<14} {:<20} {:<16} {:<9} {:>11} {:>11} {:>8}", "COMMIT", "REFS", "BASE", "CODEC", "ORIGINAL", "STORED", "RATIO");
+    for c in &listing.commits {
+        println!(
+            "{:<14} {:<20} {:<16} {:<9} {:>11} {:>11} {:>7.2}x",
+            c.id.short(),
+            c.refs.join(","),
+            c.base_names.first().cloned().unwrap_or_else(|| c.base.short()),
+            if c.lossy { format!("{}*", c.codec.name) } else { c.codec.name.clone() },
+            human_bytes(c.original_bytes),
+            human_bytes(c.stored_bytes),
+            c.ratio
+        );
+    }
+    if listing.commits.iter().any(|c| c.lossy) {
+        println!("* lossy: checkouts return the codec's reconstruction, not the original bytes");
+    }
+}
+
+fn print_log(entries: &[LogEntry], json: bool) {
+    if json {
+        print_json(&entries);
+        return;
+    }
+    for entry in entries {
+        match entry {
+            LogEntry::Commit(c) => {
+                let refs = if c.refs.is_empty() { String::new() } else { format!(" ({})", c.refs.join(", ")) };
+                println!("commit {}{}", c.id, refs);
+                println!("  author {}  date {}", c.author, format_time(c.time));
+                println!("  codec {}{}", c.codec.name, if c.lossy { " (lossy)" } else { "" });
+                if !c.message.is_empty() {
+                    println!("  {}", c.message);
+                }
+            }
+            LogEntry::Base(b) => {
+                println!("base {} ({})", b.id, b.names.join(", "));
+                println!("  added {}", format_time(b.added_at));
+            }
+        }
+    }
+}
+
+fn print_show(details: &Details, json: bool) {
+    if json {
+        print_json(details);
+    } else {
+        print_details(details);
+    }
 }
 
 fn print_lossy_report(r: &crate::store::LossyReport) {
@@ -590,6 +745,29 @@ fn print_details(details: &Details) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_defaults_match_clap() {
+        let cli = Cli::try_parse_from(["wstore", "commit", "x", "--base", "b"]).unwrap();
+        let Command::Commit { codec, .. } = cli.command else { panic!("parsed {:?}", cli.command) };
+        let parsed = serde_json::to_value(&codec).unwrap();
+        let default = serde_json::to_value(CodecArgs::default()).unwrap();
+        assert_eq!(parsed, default);
+    }
+
+    #[test]
+    fn arguments_do_not_clash() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn command_names_are_subcommands() {
+        let cli = Cli::try_parse_from(["wstore", "serve"]).unwrap();
+        assert_eq!(command_name(&cli.command), "serve");
+        let cli = Cli::try_parse_from(["wstore", "ls"]).unwrap();
+        assert_eq!(command_name(&cli.command), "ls");
+    }
 
     #[test]
     fn bytes_are_humanised() {

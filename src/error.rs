@@ -57,6 +57,22 @@ pub enum Error {
     #[error("tensor {tensor:?}: {detail}")]
     Codec { tensor: String, detail: String },
 
+    // ---- the daemon
+    #[error("failed to listen on {addr}: {source}; choose another --listen address or stop the process that holds it")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{what} failed: {detail}")]
+    Task { what: String, detail: String },
+
+    // ---- the daemon, as the CLI's client sees it
+    /// An error response of the daemon. `message` is the daemon's text, which for store
+    /// errors is what the same command prints without a daemon.
+    #[error("{message}")]
+    Daemon { status: u16, kind: String, message: String },
+    #[error("failed to reach the daemon at {url}: {detail}; check that `wstore serve` still runs for this store")]
+    DaemonUnreachable { url: String, detail: String },
+    #[error("the daemon at {url} (pid {pid}) owns the store at {store}, and `wstore {command}` cannot run through it; stop the daemon (SIGINT or SIGTERM to pid {pid}) and run the command again")]
+    DaemonUnsupported { command: String, url: String, pid: u32, store: PathBuf },
+
     // ---- plain I/O on inputs and outputs
     #[error("{path}: failed to {op}: {source}")]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },

@@ -3,7 +3,13 @@ use clap::Parser;
 fn main() {
     restore_default_sigpipe();
     let cli = wstore::cli::Cli::parse();
-    let level = if cli.verbose { "wstore=debug" } else { "wstore=warn" };
+    // The daemon logs its start, stop and request errors at info and above by default.
+    let serving = matches!(cli.command, wstore::cli::Command::Serve { .. });
+    let level = match (cli.verbose, serving) {
+        (true, _) => "wstore=debug",
+        (false, true) => "wstore=info",
+        (false, false) => "wstore=warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WSTORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, Target};
 use crate::catalog::{FileEntry, Layout, SafetensorsFile, Snapshot, TensorEntry, TensorStorage};
@@ -21,7 +21,7 @@ pub struct CheckoutOptions {
     pub force: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckoutReport {
     pub output: PathBuf,
     pub files: usize,
@@ -64,34 +64,12 @@ impl Store {
         progress: &dyn Progress,
     ) -> Result<CheckoutReport, Error> {
         let (snapshot, lossy) = self.snapshot_of(target)?;
-        self.check_output_outside_store(output)?;
+        let paths: Vec<&str> = snapshot.files.iter().map(FileEntry::path).collect();
+        let destinations = prepare_output(&self.root, &snapshot.layout, &paths, output, options.force)?;
         progress.start("checking out", snapshot.total_bytes());
         let mut file_hashes = Vec::new();
-        match &snapshot.layout {
-            Layout::SingleFile { .. } => {
-                if output.exists() && !options.force {
-                    return Err(Error::OutputExists { path: output.to_path_buf() });
-                }
-                for file in &snapshot.files {
-                    file_hashes.push((file.path().to_string(), self.write_file(file, output, progress)?));
-                }
-            }
-            Layout::Directory { .. } => {
-                let non_empty = std::fs::read_dir(output).map(|mut d| d.next().is_some()).unwrap_or(false);
-                if non_empty && !options.force {
-                    return Err(Error::OutputExists { path: output.to_path_buf() });
-                }
-                std::fs::create_dir_all(output).map_err(|e| Error::io("create", output, e))?;
-                for file in &snapshot.files {
-                    let relative = safe_relative(file.path())?;
-                    refuse_symlinks_below(output, &relative)?;
-                    let target_path = output.join(relative);
-                    if let Some(parent) = target_path.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
-                    }
-                    file_hashes.push((file.path().to_string(), self.write_file(file, &target_path, progress)?));
-                }
-            }
+        for (file, destination) in snapshot.files.iter().zip(&destinations) {
+            file_hashes.push((file.path().to_string(), self.write_file(file, destination, progress)?));
         }
         progress.finish();
         Ok(CheckoutReport {
@@ -101,23 +79,6 @@ impl Store {
             file_hashes,
             lossy,
         })
-    }
-
-    /// Rejects an output inside the store directory, where a checkout could overwrite objects.
-    fn check_output_outside_store(&self, output: &Path) -> Result<(), Error> {
-        let store = self.root.canonicalize().map_err(|e| Error::io("resolve", &self.root, e))?;
-        // The output may not exist yet: resolve its nearest existing ancestor.
-        let mut probe = if output.is_absolute() { output.to_path_buf() } else { std::env::current_dir().map_err(|e| Error::io("resolve", output, e))?.join(output) };
-        while !probe.exists() {
-            if !probe.pop() {
-                break;
-            }
-        }
-        let resolved = probe.canonicalize().unwrap_or(probe);
-        if resolved.starts_with(&store) {
-            return Err(Error::UnsafePath { path: output.to_path_buf(), reason: "is inside the store directory; check out somewhere else".into() });
-        }
-        Ok(())
     }
 
     fn write_file(&self, file: &FileEntry, path: &Path, progress: &dyn Progress) -> Result<ObjectId, Error> {
@@ -208,6 +169,57 @@ impl Store {
         }
         Ok(bytes)
     }
+}
+
+/// Checks and prepares the output of a checkout, for the store at `store_root`, and returns
+/// where each of `file_paths` goes. It rejects an output inside the store and an existing
+/// output unless `force` is set, creates the directory of a directory layout, and rejects
+/// stored paths that leave it or pass through a symlink in it.
+pub fn prepare_output(store_root: &Path, layout: &Layout, file_paths: &[&str], output: &Path, force: bool) -> Result<Vec<PathBuf>, Error> {
+    check_output_outside_store(store_root, output)?;
+    match layout {
+        Layout::SingleFile { .. } => {
+            if output.exists() && !force {
+                return Err(Error::OutputExists { path: output.to_path_buf() });
+            }
+            Ok(file_paths.iter().map(|_| output.to_path_buf()).collect())
+        }
+        Layout::Directory { .. } => {
+            let non_empty = std::fs::read_dir(output).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if non_empty && !force {
+                return Err(Error::OutputExists { path: output.to_path_buf() });
+            }
+            std::fs::create_dir_all(output).map_err(|e| Error::io("create", output, e))?;
+            let mut destinations = Vec::with_capacity(file_paths.len());
+            for path in file_paths {
+                let relative = safe_relative(path)?;
+                refuse_symlinks_below(output, &relative)?;
+                let destination = output.join(relative);
+                if let Some(parent) = destination.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+                }
+                destinations.push(destination);
+            }
+            Ok(destinations)
+        }
+    }
+}
+
+/// Rejects an output inside the store directory, where a checkout could overwrite objects.
+fn check_output_outside_store(store_root: &Path, output: &Path) -> Result<(), Error> {
+    let store = store_root.canonicalize().map_err(|e| Error::io("resolve", store_root, e))?;
+    // The output may not exist yet: resolve its nearest existing ancestor.
+    let mut probe = if output.is_absolute() { output.to_path_buf() } else { std::env::current_dir().map_err(|e| Error::io("resolve", output, e))?.join(output) };
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let resolved = probe.canonicalize().unwrap_or(probe);
+    if resolved.starts_with(&store) {
+        return Err(Error::UnsafePath { path: output.to_path_buf(), reason: "is inside the store directory; check out somewhere else".into() });
+    }
+    Ok(())
 }
 
 /// Rejects an existing symlink on the way from `root` to `root/relative`, so a checkout into

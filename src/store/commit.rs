@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{now_secs, validate_name, Store, Target};
 use crate::align::detect_prefix_map;
@@ -57,7 +57,7 @@ pub enum CodecChoice {
     UltraDelta(LossyOptions),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseReport {
     pub id: ObjectId,
     pub name: String,
@@ -69,7 +69,7 @@ pub struct BaseReport {
     pub tensors: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitReport {
     pub commit: ObjectId,
     pub ref_name: Option<String>,
@@ -565,9 +565,12 @@ fn codec_info(choice: &CodecChoice, report: Option<&LossyReport>, any_lossy: boo
 }
 
 fn author(options: &CommitOptions) -> String {
-    options
-        .author
-        .clone()
+    default_author(options.author.clone())
+}
+
+/// Returns the author a commit records: `explicit`, else $WSTORE_AUTHOR, else $USER.
+pub fn default_author(explicit: Option<String>) -> String {
+    explicit
         .or_else(|| std::env::var("WSTORE_AUTHOR").ok())
         .or_else(|| std::env::var("USER").ok())
         .filter(|a| !a.is_empty())

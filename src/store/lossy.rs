@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Store;
 use crate::catalog::TensorEntry;
@@ -94,9 +94,9 @@ pub struct LossyTensor {
 }
 
 /// Report of the codec on one commit, recorded in its codec parameters and printed by `commit`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LossyReport {
-    pub mode: &'static str,
+    pub mode: String,
     pub tensors: usize,
     /// Sum of the lossy tensors' original and encoded bytes.
     pub original_bytes: u64,
@@ -438,7 +438,7 @@ fn summarise(
         stats.iter().filter(|s| s.rel_error > max_error).map(|s| (s.name.clone(), s.rel_error)).collect();
     over_budget.sort_by(|a, b| b.1.total_cmp(&a.1));
     LossyReport {
-        mode: if explicit { "explicit" } else { "budget" },
+        mode: if explicit { "explicit" } else { "budget" }.to_string(),
         tensors: stats.len(),
         original_bytes,
         object_bytes,

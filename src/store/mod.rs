@@ -11,8 +11,8 @@ mod views;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use checkout::{CheckoutOptions, CheckoutReport};
-pub use commit::{BaseReport, CodecChoice, CommitOptions, CommitReport};
+pub use checkout::{prepare_output, CheckoutOptions, CheckoutReport};
+pub use commit::{default_author, BaseReport, CodecChoice, CommitOptions, CommitReport};
 pub use fsck::{Finding, FindingKind, FsckOptions, FsckReport};
 pub use gc::{GcOptions, GcReport, DEFAULT_GC_GRACE};
 pub use remove::BaseRemoval;

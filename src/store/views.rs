@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, Target};
 use crate::catalog::{BaseRecord, CodecInfo, CommitRecord, PrefixMap, Snapshot};
 use crate::error::Error;
 use crate::id::ObjectId;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BaseView {
     pub id: ObjectId,
     pub names: Vec<String>,
@@ -21,7 +21,7 @@ pub struct BaseView {
     pub ratio: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitView {
     pub id: ObjectId,
     pub refs: Vec<String>,
@@ -38,21 +38,21 @@ pub struct CommitView {
     pub ratio: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreListing {
     pub bases: Vec<BaseView>,
     pub commits: Vec<CommitView>,
 }
 
 /// One step of a lineage: a commit, or the base the chain ends at.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LogEntry {
     Commit(CommitView),
     Base(BaseView),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TensorView {
     pub file: String,
     pub name: String,
@@ -68,17 +68,17 @@ pub struct TensorView {
     pub codec_stats: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Details {
     Commit { commit: CommitView, name_map: Option<PrefixMap>, files: Vec<FileView>, tensors: Vec<TensorView> },
     Base { base: BaseView, files: Vec<FileView>, tensors: Vec<TensorView> },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileView {
     pub path: String,
-    pub kind: &'static str,
+    pub kind: String,
     pub bytes: u64,
     pub hash: ObjectId,
 }
@@ -232,8 +232,8 @@ fn file_views(snapshot: &Snapshot) -> Vec<FileView> {
         .map(|f| FileView {
             path: f.path().to_string(),
             kind: match f {
-                crate::catalog::FileEntry::Plain(_) => "plain",
-                crate::catalog::FileEntry::Safetensors(_) => "safetensors",
+                crate::catalog::FileEntry::Plain(_) => "plain".to_string(),
+                crate::catalog::FileEntry::Safetensors(_) => "safetensors".to_string(),
             },
             bytes: f.bytes(),
             hash: f.file_hash(),

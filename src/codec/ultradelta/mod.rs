@@ -55,6 +55,7 @@ mod budget;
 mod dtype;
 mod encode;
 mod entropy;
+mod lanczos;
 mod object;
 mod positions;
 mod prune;
@@ -70,7 +71,7 @@ pub use entropy::ValueCoding;
 pub use object::with_trace_norm_factor;
 pub use positions::PositionCoding;
 pub use stats::{CommitStats, LayoutKind, TensorStats};
-pub use trace_norm::{family_factors, trace_norm};
+pub use trace_norm::{estimated_trace_norm, exact_trace_norm, family_factors, trace_norm};
 
 use crate::format::safetensors::Dtype;
 use dtype::FloatDtype;

@@ -2,22 +2,49 @@
 
 use faer::Mat;
 
-/// Returns the trace (nuclear) norm, the sum of the singular values, of a row-major matrix.
+/// Matrices whose smaller side is at most this many rows or columns get the exact SVD; larger
+/// ones the Lanczos estimate. At 1024 × 1024 the exact SVD took 2.3 s on one loaded core; a
+/// LLaMA-2-7B MLP delta (11008 × 4096) would take minutes, and a 7B commit has 224 of them.
+pub const EXACT_SVD_MAX_SIDE: usize = 1024;
+
+/// Sketch columns, probe vectors and Lanczos steps of the estimate. Measured against the exact
+/// SVD in docs/BENCHMARKS.md ("Trace norm estimate").
+pub const ESTIMATE_SKETCH: usize = 16;
+pub const ESTIMATE_PROBES: usize = 8;
+pub const ESTIMATE_STEPS: usize = 30;
+
+/// Returns the trace (nuclear) norm, the sum of the singular values, of a row-major matrix:
+/// exact up to [`EXACT_SVD_MAX_SIDE`], estimated by stochastic Lanczos quadrature above it.
 ///
-/// Uses faer's exact SVD (singular values only) in f32, the precision of the deltas themselves
-/// and of numpy's `svd` on them; the sum is taken in f64. f32 takes about 1/1.5 of the f64
-/// time (1024 × 1024, one core) and the two sums agree to 1e-7 relative. Returns NaN if the
-/// matrix has a non-finite entry or `matrix.len() != rows * cols`, so callers can reject it
-/// instead of panicking.
+/// Returns NaN if the matrix has a non-finite entry or `matrix.len() != rows * cols`, so
+/// callers can reject it instead of panicking.
 pub fn trace_norm(matrix: &[f32], rows: usize, cols: usize) -> f64 {
     if rows.checked_mul(cols) != Some(matrix.len()) || matrix.iter().any(|v| !v.is_finite()) {
         return f64::NAN;
     }
+    if rows.min(cols) <= EXACT_SVD_MAX_SIDE {
+        exact_trace_norm(matrix, rows, cols)
+    } else {
+        super::lanczos::estimate_trace_norm(matrix, rows, cols, ESTIMATE_SKETCH, ESTIMATE_PROBES, ESTIMATE_STEPS)
+    }
+}
+
+/// The trace norm by faer's exact SVD (singular values only) in f32, the precision of the
+/// deltas themselves and of numpy's `svd` on them; the sum is taken in f64. f32 took 1/1.5 of
+/// the f64 time at 1024 × 1024, and the two sums agreed to 1e-7 relative. The caller checks
+/// the matrix as [`trace_norm`] does.
+pub fn exact_trace_norm(matrix: &[f32], rows: usize, cols: usize) -> f64 {
     if rows == 0 || cols == 0 {
         return 0.0;
     }
     let mat = Mat::<f32>::from_fn(rows, cols, |i, j| matrix[i * cols + j]);
     mat.singular_values().iter().map(|&s| f64::from(s)).sum()
+}
+
+/// Estimates the trace norm with the given sketch, probes and steps, whatever the size; for
+/// measuring the estimate against [`exact_trace_norm`]. The caller checks the matrix.
+pub fn estimated_trace_norm(matrix: &[f32], rows: usize, cols: usize, sketch: usize, probes: usize, steps: usize) -> f64 {
+    super::lanczos::estimate_trace_norm(matrix, rows, cols, sketch, probes, steps)
 }
 
 /// Returns the factor each fine-tune's delta is multiplied by, from the trace norms of the
