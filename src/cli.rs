@@ -11,6 +11,8 @@ use crate::error::Error;
 use crate::progress::{NoProgress, Progress};
 use crate::store::{CheckoutOptions, CommitOptions, Details, LogEntry, Store, Target};
 
+mod diff_command;
+
 #[derive(Debug, Parser)]
 #[command(name = "wstore", version, about = "A version store for model weights: bases kept once, fine-tunes kept as deltas")]
 pub struct Cli {
@@ -97,6 +99,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare two checkpoints tensor by tensor (exit code 0: no differences, 1: differences, 2: error)
+    Diff(diff_command::DiffArgs),
 }
 
 /// Codec options of `commit`.
@@ -436,6 +440,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
                 print_details(&details);
             }
         }
+        Command::Diff(args) => return diff_command::run(&root, args),
     }
     Ok(0)
 }

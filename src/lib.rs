@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
 pub mod codec;
+pub mod diff;
 pub mod durable;
 pub mod error;
 pub mod format;

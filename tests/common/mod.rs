@@ -52,3 +52,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = sha2::Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Runs the built `wstore` binary on `store`, with a fixed author and no $WSTORE_HOME.
+pub fn run_wstore(store: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wstore"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("WSTORE_HOME")
+        .env("WSTORE_AUTHOR", "ci-tester")
+        .output()
+        .unwrap()
+}
