@@ -16,6 +16,8 @@ use crate::store::{BaseReport, BaseView, CheckoutOptions, CheckoutReport, Commit
 mod maintenance;
 pub use maintenance::{open_waiting, parse_duration};
 
+mod diff_command;
+
 #[derive(Debug, Parser)]
 #[command(name = "wstore", version, about = "A version store for model weights: bases kept once, fine-tunes kept as deltas")]
 pub struct Cli {
@@ -159,6 +161,8 @@ pub enum Command {
         #[arg(long, value_name = "GIB", default_value_t = crate::daemon::DEFAULT_MAX_UPLOAD_GIB)]
         max_upload_gb: u64,
     },
+    /// Compare two checkpoints tensor by tensor (exit code 0: no differences, 1: differences, 2: error)
+    Diff(diff_command::DiffArgs),
 }
 
 /// Codec options of `commit`. The daemon's `POST /v1/commits` takes the same fields in JSON,
@@ -449,6 +453,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         Command::Base(BaseCommand::Rm { name, with_commits, json }) => {
             return maintenance::run_base_rm(&open(&root)?, &name, with_commits, json)
         }
+        Command::Diff(args) => return diff_command::run(&root, args),
     }
     Ok(0)
 }
@@ -481,6 +486,7 @@ fn run_through_daemon(daemon: &LiveDaemon, root: &Path, command: Command, progre
         Command::Ls { json } => print_listing(&client.list()?, json),
         Command::Log { target, json } => print_log(&client.log(&target)?, json),
         Command::Show { target, json } => print_show(&client.show(&target)?, json),
+        Command::Diff(args) => return diff_command::run_via_daemon(client, args),
         // `serve`, and any command without an HTTP route, would fail on the catalog lock the
         // daemon holds, so it is rejected with the way out instead.
         other => {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod daemon;
+pub mod diff;
 pub mod durable;
 pub mod error;
 pub mod format;

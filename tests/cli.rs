@@ -1,18 +1,10 @@
 //! Drives the built `wstore` binary the way a user's shell script would.
 
-use std::path::Path;
+mod common;
+
 use std::process::{Command, Output};
 
-fn wstore(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wstore"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("WSTORE_HOME")
-        .env("WSTORE_AUTHOR", "ci-tester")
-        .output()
-        .unwrap()
-}
+use common::run_wstore as wstore;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

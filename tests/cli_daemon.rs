@@ -317,3 +317,46 @@ fn ids_are_masked() {
     assert_eq!(mask_ids(&format!("committed x as {id} (lossless)")), "committed x as <id> (lossless)");
     assert_eq!(mask_ids("short cafe1234 stays"), "short cafe1234 stays");
 }
+
+/// `wstore diff` arguments with the exit code they must give on both routes.
+const DIFF_COMMANDS: &[(&[&str], i32)] = &[
+    (&["diff", "task-a", "task-lossy", "--json"], 1),
+    (&["diff", "task-a"], 1),
+    (&["diff", "task-a", "task-a"], 0),
+    (&["diff", "task-a", "task-lossy", "--sort", "relative", "--top", "2", "--status", "changed", "--atol", "1e-3"], 0),
+    (&["diff", "finetune.safetensors", "base.safetensors", "--json"], 1),
+];
+
+#[test]
+fn diff_through_daemon_prints_direct_output() {
+    let fixture = Fixture::new(43);
+    let cwd = fixture.dir.path();
+    let run = || -> Vec<String> {
+        DIFF_COMMANDS
+            .iter()
+            .map(|(args, code)| {
+                let output = wstore_in(&fixture.store, cwd, &[], args);
+                assert_eq!(output.status.code(), Some(*code), "{args:?}: {}", stderr(&output));
+                stdout(&output)
+            })
+            .collect()
+    };
+    let daemon = Daemon::start(&fixture.store, &[]);
+    let through_daemon = run();
+    // The endpoint itself returns what `diff --json` prints.
+    let body = Command::new("curl").args(["-sS", "--fail-with-body", &format!("{}/v1/diff/task-a/task-lossy", daemon.url)]).output().unwrap();
+    assert_eq!(body.status.code(), Some(0), "{}", String::from_utf8_lossy(&body.stdout));
+    let bad = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/v1/diff/task-a/task-lossy?top=many", daemon.url)])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&bad), "400");
+    // A file against a stored checkpoint needs the store in this process.
+    let mixed = wstore_in(&fixture.store, cwd, &[], &["diff", "finetune.safetensors", "task-a"]);
+    assert_eq!(mixed.status.code(), Some(2));
+    assert!(stderr(&mixed).contains("stop the daemon"), "{}", stderr(&mixed));
+    daemon.stop();
+    let direct = run();
+    assert_eq!(through_daemon, direct);
+    assert_eq!(String::from_utf8_lossy(&body.stdout).trim_end(), direct[0].trim_end());
+}

@@ -129,6 +129,19 @@ impl DaemonClient {
         self.get_json(&format!("/v1/log/{}", encode_segment(target)))
     }
 
+    /// `GET /v1/diff/{a}[/{b}]`: what `diff --json` prints for two stored checkpoints, or a
+    /// commit and its base.
+    pub fn diff(&self, a: &str, b: Option<&str>, options: &crate::diff::DiffOptions) -> Result<crate::diff::DiffReport, Error> {
+        let mut path = format!("/v1/diff/{}", encode_segment(a));
+        if let Some(b) = b {
+            path.push('/');
+            path.push_str(&encode_segment(b));
+        }
+        path.push('?');
+        path.push_str(&crate::diff::query::to_query(options));
+        self.get_json(&path)
+    }
+
     /// `GET /v1/checkout/{target}`: the files of a stored checkpoint with their hashes.
     pub fn checkout_manifest(&self, target: &str) -> Result<CheckoutManifest, Error> {
         self.get_json(&format!("/v1/checkout/{}", encode_segment(target)))
@@ -254,15 +267,7 @@ impl DaemonClient {
 
 /// Percent-encodes one URL path segment, leaving only unreserved characters as they are.
 fn encode_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    crate::daemon::paths::percent_encode(text)
 }
 
 #[cfg(test)]

@@ -45,6 +45,20 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
     Ok(text)
 }
 
+/// Encodes every byte but the unreserved characters of RFC 3986 (letters, digits, `-._~`) as
+/// `%XX`, so the text is safe as a path segment or a query value.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes; `None` for a `%` not followed by two hex digits.
 pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();

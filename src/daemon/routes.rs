@@ -89,7 +89,7 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
     let segments = split_path(request.uri().path()).map_err(|e| ApiError::bad_request(e.0));
     if let Ok(segments) = &segments {
         if let [_, kind, target, ..] = segments.as_slice() {
-            if matches!(kind.as_str(), "checkout" | "show" | "log") {
+            if matches!(kind.as_str(), "checkout" | "show" | "log" | "diff") {
                 info.target = Some(target.clone());
             }
         }
@@ -139,6 +139,8 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
             let target = checked_target(target)?;
             Ok(json_response(StatusCode::OK, &blocking(shared, move |store| Ok(store.log(&target)?)).await?))
         }
+        (["diff", a], &Method::GET) => diff(shared, &request, a, None).await,
+        (["diff", a, b], &Method::GET) => diff(shared, &request, a, Some(b)).await,
         (["checkout", target], &Method::GET) => checkout::manifest(shared, checked_target(target)?).await,
         (["checkout", target, file @ ..], &Method::GET | &Method::HEAD) if !file.is_empty() => {
             let target = checked_target(target)?;
@@ -165,6 +167,16 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
     }
 }
 
+/// `GET /v1/diff/{a}[/{b}]`: both sides are stored checkpoints (never paths: the daemon reads
+/// no file a request names), with the options of `wstore diff` in the query string.
+async fn diff(shared: &Arc<Shared>, request: &Request<Incoming>, a: &str, b: Option<&str>) -> Result<Response<ResponseBody>, ApiError> {
+    let a = checked_target(a)?;
+    let b = b.map(checked_target).transpose()?;
+    let options = crate::diff::query::from_query(request.uri().query().unwrap_or("")).map_err(ApiError::bad_request)?;
+    let report = blocking(shared, move |store| Ok(crate::diff::diff(Some(store), &a, b.as_deref(), &options)?)).await?;
+    Ok(json_response(StatusCode::OK, &report))
+}
+
 fn unknown_route(info: &RequestInfo) -> ApiError {
     ApiError::not_found(format!("no route {} {}; see docs/openapi.yaml for the API", info.method, info.path))
 }
@@ -172,7 +184,9 @@ fn unknown_route(info: &RequestInfo) -> ApiError {
 /// Methods a known path accepts, for 405 responses; `None` for an unknown path.
 fn allowed_methods(rest: &[&str]) -> Option<&'static str> {
     match rest {
-        ["health"] | ["ls"] | ["refs"] | ["show", _] | ["log", _] | ["checkout", _] => Some("GET"),
+        ["health"] | ["ls"] | ["refs"] | ["show", _] | ["log", _] | ["diff", _] | ["diff", _, _] | ["checkout", _] => {
+            Some("GET")
+        }
         ["bases"] => Some("GET, POST"),
         ["commits"] => Some("POST"),
         ["checkout", _, ..] => Some("GET, HEAD"),

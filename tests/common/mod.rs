@@ -71,3 +71,15 @@ pub fn reopen(root: &Path) -> Store {
         }
     }
 }
+
+/// Runs the built `wstore` binary on `store`, with a fixed author and no $WSTORE_HOME.
+pub fn run_wstore(store: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wstore"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("WSTORE_HOME")
+        .env("WSTORE_AUTHOR", "ci-tester")
+        .output()
+        .unwrap()
+}
