@@ -1,6 +1,6 @@
 //! An estimate of the trace (nuclear) norm by stochastic Lanczos quadrature with a low-rank
-//! sketch (Hutch++), for matrices whose exact SVD is too slow: LLaMA-sized deltas
-//! (4096 × 11008) take minutes each in faer.
+//! sketch (Hutch++), measured as a faster alternative to the exact SVD for LLaMA-sized deltas
+//! (4096 × 11008). Commits do not use it: see `trace_norm::trace_norm` for why.
 //!
 //! The trace norm of `M` is `tr(G^(1/2))` with `G = MᵀM` (or `MMᵀ`, whichever is smaller,
 //! `n × n`). Any quadratic form `uᵀ G^(1/2) u` is a Gauss quadrature over `k` steps of Lanczos

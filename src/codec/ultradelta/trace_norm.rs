@@ -2,19 +2,13 @@
 
 use faer::Mat;
 
-/// Matrices whose smaller side is at most this many rows or columns get the exact SVD; larger
-/// ones the Lanczos estimate. At 1024 × 1024 the exact SVD took 2.3 s on one loaded core; a
-/// LLaMA-2-7B MLP delta (11008 × 4096) would take minutes, and a 7B commit has 224 of them.
-pub const EXACT_SVD_MAX_SIDE: usize = 1024;
-
-/// Sketch columns, probe vectors and Lanczos steps of the estimate. Measured against the exact
-/// SVD in docs/BENCHMARKS.md ("Trace norm estimate").
-pub const ESTIMATE_SKETCH: usize = 16;
-pub const ESTIMATE_PROBES: usize = 8;
-pub const ESTIMATE_STEPS: usize = 30;
-
-/// Returns the trace (nuclear) norm, the sum of the singular values, of a row-major matrix:
-/// exact up to [`EXACT_SVD_MAX_SIDE`], estimated by stochastic Lanczos quadrature above it.
+/// Returns the trace (nuclear) norm, the sum of the singular values, of a row-major matrix,
+/// by the exact SVD ([`exact_trace_norm`]).
+///
+/// NOTE: at LLaMA sizes this is the slow step of an explicit-settings commit (minutes per
+/// 11008 × 4096 matrix on a loaded core). The Lanczos estimate ([`estimated_trace_norm`]) was
+/// measured as an alternative (docs/BENCHMARKS.md, "Trace norm estimate") and is not used:
+/// it was 5x faster but off by up to 5.6 % on a rank-32 delta.
 ///
 /// Returns NaN if the matrix has a non-finite entry or `matrix.len() != rows * cols`, so
 /// callers can reject it instead of panicking.
@@ -22,11 +16,7 @@ pub fn trace_norm(matrix: &[f32], rows: usize, cols: usize) -> f64 {
     if rows.checked_mul(cols) != Some(matrix.len()) || matrix.iter().any(|v| !v.is_finite()) {
         return f64::NAN;
     }
-    if rows.min(cols) <= EXACT_SVD_MAX_SIDE {
-        exact_trace_norm(matrix, rows, cols)
-    } else {
-        super::lanczos::estimate_trace_norm(matrix, rows, cols, ESTIMATE_SKETCH, ESTIMATE_PROBES, ESTIMATE_STEPS)
-    }
+    exact_trace_norm(matrix, rows, cols)
 }
 
 /// The trace norm by faer's exact SVD (singular values only) in f32, the precision of the
