@@ -10,6 +10,8 @@
 # Usage: benches/daemon_http.sh FAMILY_DIR [WORK_DIR]
 #   FAMILY_DIR holds base.safetensors and ft1.safetensors (e.g. from benches/synth_llama.sh).
 #   WORK_DIR gets the store and the checkout; it is reused when it already holds the store.
+# Or, for (b) alone on a store that exists (the full 7B shape, whose files need not be on
+# disk any more): PART=ttfb STORE=DIR EXACT_REF=ref LOSSY_REF=ref benches/daemon_http.sh - WORK_DIR
 # Environment: WSTORE (binary, default target/release/wstore), RUNS (default 5),
 #   MAX_ERROR (lossy commit budget, default 2e-3).
 # Needs curl and python3. Prints a Markdown table.
@@ -20,7 +22,10 @@ work=${2:-$(mktemp -d)}
 wstore=${WSTORE:-target/release/wstore}
 runs=${RUNS:-5}
 max_error=${MAX_ERROR:-2e-3}
-store="$work/store"
+part=${PART:-all}
+store=${STORE:-$work/store}
+exact_ref=${EXACT_REF:-exact}
+lossy_ref=${LOSSY_REF:-lossy}
 mkdir -p "$work"
 
 daemon_pid=
@@ -75,10 +80,33 @@ throughput() {
 }
 
 start_daemon
-base_url=$(file_url base)
-exact_url=$(file_url exact)
-lossy_url=$(file_url lossy)
+exact_url=$(file_url "$exact_ref")
+lossy_url=$(file_url "$lossy_ref")
 
+# The byte range of the tensor that contains the middle byte of the file, read through the
+# daemon: the header's length, then the header.
+read -r bytes tensor range_start range_end < <(python3 - "$url$exact_url" <<'EOF'
+import json, struct, sys, urllib.request
+def read(start, end):
+    request = urllib.request.Request(sys.argv[1], headers={"Range": f"bytes={start}-{end}"})
+    with urllib.request.urlopen(request) as response:
+        return response.read(), response.headers["Content-Range"]
+head, content_range = read(0, 7)
+n = struct.unpack("<Q", head)[0]
+size = int(content_range.rsplit("/", 1)[1])
+header = json.loads(read(8, 8 + n - 1)[0])
+middle = size // 2
+for name, info in header.items():
+    if name == "__metadata__":
+        continue
+    start, end = (8 + n + o for o in info["data_offsets"])
+    if start <= middle < end:
+        print(size, name, start, end - 1)
+EOF
+)
+
+if [ "$part" = all ]; then
+base_url=$(file_url base)
 # The plain server serves a checkout written through the daemon, so it contains the same bytes.
 mkdir -p "$work/plain"
 rm -f "$work/plain/ft1.safetensors"
@@ -92,28 +120,11 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-bytes=$(stat -c %s "$work/plain/ft1.safetensors")
 plain_mbs=$(throughput "http://127.0.0.1:$plain_port/ft1.safetensors")
 base_mbs=$(throughput "$url$base_url")
 exact_mbs=$(throughput "$url$exact_url")
 lossy_mbs=$(throughput "$url$lossy_url")
-
-# The byte range of the tensor that contains the middle byte of the file.
-read -r tensor range_start range_end < <(python3 - "$work/plain/ft1.safetensors" <<'EOF'
-import json, struct, sys
-with open(sys.argv[1], "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(n))
-    f.seek(0, 2)
-    middle = f.tell() // 2
-for name, info in header.items():
-    if name == "__metadata__":
-        continue
-    start, end = (8 + n + o for o in info["data_offsets"])
-    if start <= middle < end:
-        print(name, start, end - 1)
-EOF
-)
+fi
 
 # Appends "cold warm whole" seconds for the tensor, from a fresh daemon, to the file $2: the
 # first byte cold, the first byte warm, and the whole tensor warm. It runs in this shell, not
@@ -145,8 +156,10 @@ echo
 ratio() { awk -v a="$1" -v b="$plain_mbs" 'BEGIN { printf "%.2f", a / b }'; }
 echo "| what | base | lossless commit | lossy commit (--max-error $max_error) | python3 -m http.server |"
 echo "|---|---|---|---|---|"
-echo "| full GET, MB/s (median) | $base_mbs | $exact_mbs | $lossy_mbs | $plain_mbs |"
-echo "| ratio to the static server | $(ratio "$base_mbs") | $(ratio "$exact_mbs") | $(ratio "$lossy_mbs") | 1.00 |"
+if [ "$part" = all ]; then
+    echo "| full GET, MB/s (median) | $base_mbs | $exact_mbs | $lossy_mbs | $plain_mbs |"
+    echo "| ratio to the static server | $(ratio "$base_mbs") | $(ratio "$exact_mbs") | $(ratio "$lossy_mbs") | 1.00 |"
+fi
 echo "| first byte of the middle tensor, cold (s) | | ${cold[exact]} | ${cold[lossy]} | |"
 echo "| first byte of the middle tensor, warm (s) | | ${warm[exact]} | ${warm[lossy]} | |"
 echo "| whole middle tensor, warm (s) | | ${whole[exact]} | ${whole[lossy]} | |"
