@@ -2,7 +2,8 @@
 # Measures `wstore serve` over loopback HTTP with curl, in two parts.
 #  (a) Full-checkout throughput of a lossless and a lossy commit, against `python3 -m
 #      http.server` serving the lossless checkout as a plain file (median of RUNS each).
-#  (b) Time to the first byte of the tensor in the middle of the checkpoint: curl's total time
+#  (b) Time to the first byte of the weight tensor in the middle of the checkpoint (the tensor
+#      holding the middle byte, or the next one of at least 1 MiB): curl's total time
 #      for a one-byte range at the tensor's start, which the daemon serves only after rebuilding
 #      and verifying the whole tensor. Cold is a freshly started daemon (tensor cache empty),
 #      warm the same request again; then the whole tensor, warm. Median of RUNS.
@@ -83,8 +84,8 @@ start_daemon
 exact_url=$(file_url "$exact_ref")
 lossy_url=$(file_url "$lossy_ref")
 
-# The byte range of the tensor that contains the middle byte of the file, read through the
-# daemon: the header's length, then the header.
+# The byte range of the weight tensor at the middle of the file, read through the daemon: the
+# header's length, then the header.
 read -r bytes tensor range_start range_end < <(python3 - "$url$exact_url" <<'EOF'
 import json, struct, sys, urllib.request
 def read(start, end):
@@ -96,12 +97,14 @@ n = struct.unpack("<Q", head)[0]
 size = int(content_range.rsplit("/", 1)[1])
 header = json.loads(read(8, 8 + n - 1)[0])
 middle = size // 2
-for name, info in header.items():
-    if name == "__metadata__":
-        continue
-    start, end = (8 + n + o for o in info["data_offsets"])
-    if start <= middle < end:
+# The tensor holding the middle byte, or, when that one is a small vector (a norm scale), the
+# next tensor of at least 1 MiB: a weight matrix is what a reader waits for.
+tensors = sorted((8 + n + info["data_offsets"][0], 8 + n + info["data_offsets"][1], name)
+                 for name, info in header.items() if name != "__metadata__")
+for start, end, name in tensors:
+    if end > middle and end - start >= 1 << 20:
         print(size, name, start, end - 1)
+        break
 EOF
 )
 
