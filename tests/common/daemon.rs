@@ -39,7 +39,6 @@ impl Daemon {
     /// discovery file.
     pub fn start(store: &Path, args: &[&str]) -> Daemon {
         let discovery = store.join("daemon.json");
-        assert!(!discovery.exists(), "a discovery file is left over in {}", store.display());
         let child = Command::new(env!("CARGO_BIN_EXE_wstore"))
             .arg("--store")
             .arg(store)
@@ -55,10 +54,12 @@ impl Daemon {
         let url = loop {
             // The daemon writes the file durably (temp file, then rename), so a read gets all
             // of it or nothing.
+            // A file left by a killed daemon names another pid; the new daemon replaces it.
             if let Ok(text) = std::fs::read(&discovery) {
                 let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
-                assert_eq!(value["pid"], child.id());
-                break value["url"].as_str().unwrap().to_string();
+                if value["pid"] == child.id() {
+                    break value["url"].as_str().unwrap().to_string();
+                }
             }
             assert!(started.elapsed() < START_TIMEOUT, "the daemon wrote no {} in {START_TIMEOUT:?}", discovery.display());
             std::thread::sleep(Duration::from_millis(20));
@@ -74,6 +75,14 @@ impl Daemon {
         let exit = self.child.wait().unwrap();
         assert_eq!(exit.code(), Some(0));
         assert!(!self.store.join("daemon.json").exists());
+    }
+}
+
+impl Daemon {
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would, and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 
