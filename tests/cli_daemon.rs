@@ -360,3 +360,19 @@ fn diff_through_daemon_prints_direct_output() {
     assert_eq!(through_daemon, direct);
     assert_eq!(String::from_utf8_lossy(&body.stdout).trim_end(), direct[0].trim_end());
 }
+
+/// A discovery file that names a live daemon of another store (as a copied store has) is
+/// ignored: the CLI opens its own store instead of writing into the other one.
+#[test]
+fn daemon_of_another_store_is_ignored() {
+    let first = Fixture::new(51);
+    let second = Fixture::new(52);
+    let daemon = Daemon::start(&first.store, &[]);
+    std::fs::copy(first.store.join("daemon.json"), second.store.join("daemon.json")).unwrap();
+    let output = wstore_in(&second.store, second.dir.path(), &[], &["--verbose", "ls", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("opening store at"), "{}", stderr(&output));
+    let direct = wstore_in(&first.store, first.dir.path(), &[], &["ls", "--json"]);
+    assert_ne!(stdout(&output), stdout(&direct), "the second store listed the first one's commits");
+    daemon.stop();
+}

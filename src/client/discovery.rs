@@ -20,9 +20,10 @@ pub struct LiveDaemon {
 }
 
 /// Returns the live daemon of the store at `root`, or `None` when there is no discovery file
-/// or it is stale: its pid is not running, or nothing responds at its URL. Any HTTP response,
-/// including 401 for a missing token, counts as live, so the command then fails with the
-/// daemon's reason instead of a catalog lock error.
+/// or it is stale: its pid is not running, nothing answers `GET /v1/health` at its URL, or
+/// the daemon that answers serves another store (a copied store keeps the original's file).
+/// A 401 for a missing token counts as live, so the command then fails with the daemon's
+/// reason instead of a catalog lock error; any other HTTP error means no wstore daemon.
 pub fn discover(root: &Path, token: Option<String>) -> Result<Option<LiveDaemon>, Error> {
     let discovery = match read_discovery(root) {
         Ok(Some(discovery)) => discovery,
@@ -38,7 +39,15 @@ pub fn discover(root: &Path, token: Option<String>) -> Result<Option<LiveDaemon>
     }
     let client = DaemonClient::new(&discovery.url, token);
     match client.health(HEALTH_TIMEOUT) {
-        Ok(_) | Err(Error::Daemon { .. }) => Ok(Some(LiveDaemon { client, discovery })),
+        Ok(health) => {
+            let ours = std::fs::canonicalize(root).map(|r| Path::new(&health.store) == r).unwrap_or(false);
+            if !ours {
+                tracing::debug!(url = %discovery.url, serves = %health.store, "ignoring a daemon discovery file: that daemon serves another store");
+                return Ok(None);
+            }
+            Ok(Some(LiveDaemon { client, discovery }))
+        }
+        Err(Error::Daemon { status: 401, .. }) => Ok(Some(LiveDaemon { client, discovery })),
         Err(error) => {
             tracing::debug!(url = %discovery.url, %error, "ignoring a stale daemon discovery file: no response");
             Ok(None)

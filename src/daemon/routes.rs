@@ -118,7 +118,12 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
     match (rest, &method) {
         (["health"], &Method::GET) => Ok(json_response(
             StatusCode::OK,
-            &Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), store: shared.store.root().display().to_string() },
+            // The canonical path, so a client can tell whether this daemon serves its store.
+            &Health {
+                status: "ok".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                store: std::fs::canonicalize(shared.store.root()).unwrap_or_else(|_| shared.store.root().to_path_buf()).display().to_string(),
+            },
         )),
         (["bases"], &Method::GET) => {
             let listing = blocking(shared, |store| Ok(store.list()?)).await?;
