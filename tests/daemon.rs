@@ -767,3 +767,21 @@ fn read_response_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
         }
     }
 }
+
+/// What only a browser sends is refused: a Host that is not loopback (DNS rebinding) and a
+/// write carrying an Origin header (a page's script). Plain clients are unaffected.
+#[test]
+fn browser_requests_are_refused() {
+    let fixture = Fixture::new(38);
+    let daemon = Daemon::start(&fixture.store, &[], None);
+    let rebinding = get(&daemon, "/v1/ls", &["-H", "Host: attacker.example:7070"]);
+    assert_eq!(rebinding.status, 403, "{}", String::from_utf8_lossy(&rebinding.body));
+    assert_eq!(rebinding.json()["error"]["kind"], "forbidden");
+    assert_eq!(get(&daemon, "/v1/ls", &["-H", "Host: localhost:7070"]).status, 200);
+    let path = fixture.finetune_file.to_str().unwrap();
+    let body = serde_json::json!({"path": path, "base": "tiny", "name": "from-page"}).to_string();
+    let from_page = get(&daemon, "/v1/commits", &["-X", "POST", "-H", "Origin: http://attacker.example", "-H", "Content-Type: text/plain", "--data-binary", &body]);
+    assert_eq!(from_page.status, 403, "{}", String::from_utf8_lossy(&from_page.body));
+    assert!(!String::from_utf8_lossy(&get(&daemon, "/v1/refs", &[]).body).contains("from-page"));
+    assert_eq!(daemon.terminate(), Some(0));
+}

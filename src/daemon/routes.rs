@@ -99,6 +99,7 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
             }
         }
     }
+    check_browser_headers(shared, &request)?;
     if let Some(token) = &shared.token {
         let header = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
         if !token.accepts(header) {
@@ -182,6 +183,39 @@ async fn diff(shared: &Arc<Shared>, request: &Request<Incoming>, a: &str, b: Opt
     Ok(json_response(StatusCode::OK, &report))
 }
 
+/// Refuses what only a web browser sends, so that a page the user visits cannot drive the
+/// daemon. Without a token the daemon listens on loopback only, and a `Host` other than a
+/// loopback name means a DNS-rebinding page; a write with an `Origin` header comes from a
+/// page's script, never from wstore's own clients, curl or Python.
+fn check_browser_headers(shared: &Shared, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let forbidden = |message: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", message);
+    if shared.token.is_none() {
+        if let Some(host) = request.headers().get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !is_loopback_host(host) {
+                return Err(forbidden(format!(
+                    "Host {host:?} is not a loopback name; a daemon without a token answers only requests addressed to 127.0.0.1, [::1] or localhost"
+                )));
+            }
+        }
+    }
+    let writes = matches!(*request.method(), Method::POST | Method::PUT | Method::DELETE);
+    if writes && request.headers().contains_key(header::ORIGIN) {
+        return Err(forbidden("writes from a web page (a request with an Origin header) are refused; use the wstore CLI, curl or another HTTP client".into()));
+    }
+    Ok(())
+}
+
+/// Returns whether a `Host` header value names the loopback interface, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn unknown_route(info: &RequestInfo) -> ApiError {
     ApiError::not_found(format!("no route {} {}; see docs/openapi.yaml for the API", info.method, info.path))
 }
@@ -247,4 +281,19 @@ pub fn error_response(error: &ApiError) -> Response<ResponseBody> {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for host in ["127.0.0.1:7070", "127.0.0.1", "localhost:1", "LOCALHOST", "[::1]:7070", "[::1]", "127.3.4.5:80"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["example.com", "evil.example:7070", "10.0.0.1:7070", "[2001:db8::1]:80", "", "localhost.evil.com", "127.0.0.1.evil.com:80"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }
