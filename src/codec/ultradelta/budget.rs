@@ -60,7 +60,7 @@ pub(crate) fn search(
             };
             let pruned = prune_tensor(base, finetuned, &plan);
             let fidelity = Fidelity::measure(base, finetuned, &pruned.decoded(&plan), dtype);
-            if fidelity.rel_error() <= max_error {
+            if fidelity.within_budget(max_error) {
                 fitting = Some((plan, pruned));
                 break;
             }

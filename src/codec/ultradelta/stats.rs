@@ -75,6 +75,17 @@ impl Fidelity {
         ratio_of_norms(self.weight_error_sq, self.weight_sq)
     }
 
+    /// Whether the reconstruction meets the budget: relative weight error at most
+    /// `max_error`, and the fine-tune's change kept to within [`super::MAX_DELTA_ERROR`] of its
+    /// norm. The second bound matters when the whole delta is smaller than `max_error` allows:
+    /// without it, dropping every entry (the base itself) would pass.
+    pub(crate) fn within_budget(&self, max_error: f64) -> bool {
+        // `W_rec - W_ft` is the error of the delta as the dtype stores it, so
+        // `weight_error_sq` measures the kept change after the cast.
+        let keeps_delta = self.weight_error_sq <= super::MAX_DELTA_ERROR * super::MAX_DELTA_ERROR * self.delta_sq;
+        self.rel_error() <= max_error && keeps_delta
+    }
+
     pub(crate) fn delta_rel_error(&self) -> f64 {
         ratio_of_norms(self.delta_error_sq, self.delta_sq)
     }
@@ -144,7 +155,8 @@ pub struct TensorStats {
     pub delta_rel_error: f64,
     /// Cosine similarity of the decoded and exact deltas.
     pub delta_cosine: f64,
-    /// Whether `rel_error <= max_error`.
+    /// Whether `rel_error <= max_error` and the delta is kept to `MAX_DELTA_ERROR` (see
+    /// `Fidelity::within_budget`). Budget mode stores a tensor lossily only when this holds.
     pub within_budget: bool,
     /// Bytes of the values section.
     pub value_bytes: u64,

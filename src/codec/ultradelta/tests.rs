@@ -172,20 +172,20 @@ fn budget_mode_keeps_tensors_within_max_error() {
 }
 
 #[test]
-fn budget_mode_prunes_when_budget_allows() {
+fn budget_mode_pruning_keeps_the_delta() {
     // Deltas of rms 1.4e-3 against weights of rms 0.058: pruning at rate s adds about
-    // 0.024 * sqrt(s / (1 - s)) of relative error, so a 10 % budget allows s = 0.9.
+    // 0.024 * sqrt(s / (1 - s)) of relative weight error, so a 10 % budget alone would allow
+    // s = 0.9. It costs sqrt(s / (1 - s)) of the delta, and MAX_DELTA_ERROR (0.5) stops the
+    // search at s = 0.1 (at 0.2 the pruning alone reaches 0.5); the fewest bytes then decide.
     let family = Family::new(&[(64, 64)], 9);
     let settings = Settings {
         max_error: 0.1,
         ..Settings::default()
     };
     let commit = encode_commit(&family.tensors(), &[Dtype::F32], &settings, 1.0).unwrap();
-    assert!(
-        commit.stats[0].target_sparsity >= 0.9,
-        "chose {}",
-        commit.stats[0].target_sparsity
-    );
+    assert!(commit.stats[0].target_sparsity <= 0.1, "chose {}", commit.stats[0].target_sparsity);
+    assert!(commit.stats[0].within_budget);
+    assert!(commit.stats[0].delta_rel_error <= MAX_DELTA_ERROR, "{}", commit.stats[0].delta_rel_error);
     assert_eq!(commit.summary.mode, "budget");
 }
 
@@ -273,6 +273,22 @@ fn batched_explicit_encoding_equals_one_call() {
         encode_allocated(&tensors, &dtypes, &settings, 1.0, &[0.5; 4], &[Band::Mid; 5]),
         Err(UltraDeltaError::InvalidSettings(_))
     ));
+}
+
+/// A fine-tune whose whole change is far below the weight budget: base uniform in
+/// [-0.1, 0.1] (norm about 0.058 per element), delta of scale 1e-6 (relative 2.4e-5). Dropping
+/// the delta would pass `max_error` alone; the budget must keep the change or refuse.
+#[test]
+fn budget_keeps_a_delta_smaller_than_the_budget() {
+    let (base, finetuned) = synthetic(64 * 64, 1e-6, 21);
+    let shape = [64u64, 64];
+    let tensor = TensorDelta { name: "w", shape: &shape, base: &base, finetuned: &finetuned };
+    let commit = encode_commit(&[tensor], &[Dtype::F32], &Settings::default(), 1.0).unwrap();
+    let stats = &commit.stats[0];
+    assert!(stats.rel_error <= DEFAULT_MAX_ERROR);
+    assert!(stats.within_budget, "a setting that keeps the delta exists: 8 bits, no pruning");
+    assert!(stats.delta_rel_error <= MAX_DELTA_ERROR, "delta error {}", stats.delta_rel_error);
+    assert!(stats.delta_cosine > 0.85, "cosine {}", stats.delta_cosine);
 }
 
 #[test]
