@@ -194,6 +194,10 @@ fn name_filters_select_tensors() {
     // Only the unchanged tensor: no differences.
     let quiet = diff_paths(&a, &b, &DiffOptions { include: vec!["same".into()], ..file_options() });
     assert!(!quiet.has_differences());
+
+    // A pattern that matches nothing is an error, never "no differences".
+    let none = diff(None, a.to_str().unwrap(), Some(b.to_str().unwrap()), &DiffOptions { include: vec!["nosuch*".into()], ..file_options() });
+    assert!(matches!(none, Err(wstore::Error::InvalidArgument { .. })), "{none:?}");
 }
 
 #[test]

@@ -210,6 +210,18 @@ pub fn diff(store: Option<&Store>, a: &str, b: Option<&str>, options: &DiffOptio
         tracing::trace!(tensor = %row.name, status = row.status.as_str(), "compared");
         rows.push(row);
     }
+    // A mistyped pattern must not read as "no differences".
+    if rows.is_empty() && !(options.include.is_empty() && options.exclude.is_empty()) {
+        return Err(Error::InvalidArgument {
+            what: "--include/--exclude".into(),
+            detail: format!(
+                "no tensor of {a} or {} matches include {:?} and exclude {:?}; check the patterns (`*` and `?`)",
+                b.unwrap_or("its base"),
+                options.include,
+                options.exclude
+            ),
+        });
+    }
 
     let summary = summarize(&rows, options.top);
     let listed: HashSet<TensorStatus> = options.statuses.iter().copied().collect();
