@@ -165,6 +165,12 @@ pub(crate) fn compare_values(a: &[u8], a_type: Numeric, b: &[u8], b_type: Numeri
                 b_type.decode(b_bytes, b_values);
                 let mut sums = Sums::default();
                 sums.accumulate(a_values, b_values, tolerance);
+                // f64 holds integers exactly only up to 2^53: exact 64-bit integer comparisons
+                // count differing elements from their bytes.
+                let exact = tolerance.atol == 0.0 && tolerance.rtol == 0.0;
+                if exact && a_type == b_type && matches!(a_type, Numeric::U64 | Numeric::I64) {
+                    sums.differing = count_differing_units(a_bytes, b_bytes, Some(8));
+                }
                 sums
             },
         )
@@ -278,6 +284,13 @@ mod tests {
         assert_eq!(sums.diff_squared, 16.0);
         assert_eq!(sums.dot, 54.0);
 
+        // 2^53 and 2^53 + 1 are one f64, but they differ.
+        let a: Vec<u8> = [1i64 << 53, 5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b: Vec<u8> = [(1i64 << 53) + 1, 5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(compare_values(&a, Numeric::I64, &b, Numeric::I64, EXACT).differing, 1);
+        let a: Vec<u8> = [u64::MAX].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let b: Vec<u8> = [u64::MAX - 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(compare_values(&a, Numeric::U64, &b, Numeric::U64, EXACT).differing, 1);
         let sums = compare_values(&[0, 1, 7], Numeric::Bool, &[0, 1, 1], Numeric::Bool, EXACT);
         assert_eq!(sums.differing, 0);
         assert_eq!(sums.a_squared, 2.0);
