@@ -261,6 +261,14 @@ fn committing_twice_on_a_ref_records_the_parent() {
     };
     let error = store.commit(&ft_path, &options, &NoProgress).unwrap_err();
     assert!(error.to_string().contains("already names commit"), "{error}");
+
+    // Lineage stays on one base: advancing the ref with a commit on another base is refused
+    // and changes nothing.
+    store.add_base("other-base", &ft_path, &NoProgress).unwrap();
+    let across = commit(&store, &ft_path, "other-base", Some("task")).unwrap_err();
+    assert!(matches!(across, wstore::Error::InvalidArgument { .. }), "{across}");
+    assert!(across.to_string().contains("was committed on base"), "{across}");
+    assert_eq!(store.catalog().get_ref("task").unwrap(), Some(second.commit));
 }
 
 #[test]

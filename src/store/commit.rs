@@ -200,6 +200,23 @@ impl Store {
             .get_base(&base_id)?
             .ok_or_else(|| crate::catalog::CatalogError::NotFound { kind: "base", text: options.base.clone() })?;
         let (parent, expected_ref) = self.resolve_parent(options)?;
+        // Lineage stays on one base: `log` walks parents down to a single base, and removing a
+        // base removes the commits descended from it.
+        if let Some(parent_id) = parent {
+            if let Some(parent_record) = self.catalog.get_commit(&parent_id)? {
+                if parent_record.base != base_id {
+                    return Err(Error::InvalidArgument {
+                        what: format!("parent {}", parent_id.short()),
+                        detail: format!(
+                            "was committed on base {}, not on {}; commit under another --name, or give --parent of a commit on {}",
+                            parent_record.base.short(),
+                            options.base,
+                            options.base
+                        ),
+                    });
+                }
+            }
+        }
         let checkpoint = Checkpoint::open(path)?;
 
         // Base tensors by name, across all of the base's files.
