@@ -116,6 +116,10 @@ pub enum Command {
         /// Also rebuild every stored file and compare it with its recorded BLAKE3
         #[arg(long)]
         full: bool,
+        /// Delete object files that fail their hash check, so that adding or committing their
+        /// source again writes them anew
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },
@@ -445,7 +449,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             let store = open(&root)?;
             print_show(&store.show(&target)?, json);
         }
-        Command::Fsck { full, json } => return maintenance::run_fsck(&open(&root)?, full, json),
+        Command::Fsck { full, repair, json } => return maintenance::run_fsck(&open(&root)?, full, repair, json),
         Command::Gc { dry_run, grace, json } => return maintenance::run_gc(&open(&root)?, dry_run, grace, json),
         Command::Rm { ref_name, commit, json } => {
             return maintenance::run_rm(&open(&root)?, ref_name.as_deref(), commit.as_deref(), json)

@@ -18,7 +18,7 @@ pub enum Error {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("object {id} is corrupt: {detail}; restore the object file from a backup or re-commit its source")]
+    #[error("object {id} is corrupt: {detail}; restore the object file from a backup, or run `wstore fsck --repair` and then add or commit its source again")]
     CorruptObject { id: ObjectId, detail: String },
     #[error("{what} failed verification: expected BLAKE3 {expected}, rebuilt {actual}; nothing was written to the output")]
     VerificationFailed { what: String, expected: ObjectId, actual: ObjectId },

@@ -68,7 +68,7 @@ fn first_delta(record: &CommitRecord) -> (String, ObjectId) {
 
 /// Runs fsck and returns the findings of problem kinds (orphans and stale temps left out).
 fn problems(store: &Store, full: bool) -> Vec<Finding> {
-    let report = store.fsck(&FsckOptions { full }).unwrap();
+    let report = store.fsck(&FsckOptions { full, repair: false }).unwrap();
     report.findings.into_iter().filter(|f| f.kind.is_problem()).collect()
 }
 
@@ -97,7 +97,7 @@ fn alter_tensor(record: &mut CommitRecord, tensor: &str, mut change: impl FnMut(
 fn fresh_store_is_clean() {
     let fx = Fixture::new();
 
-    let report = fx.store.fsck(&FsckOptions { full: true }).unwrap();
+    let report = fx.store.fsck(&FsckOptions { full: true, repair: false }).unwrap();
 
     assert_eq!(report.findings, Vec::<Finding>::new());
     assert!(report.is_clean());
@@ -356,7 +356,7 @@ fn gc_deletes_only_orphans() {
     let out = fx.dir.path().join("out.safetensors");
     assert_eq!(checkout_bytes(&fx.store, "task-a", &out), std::fs::read(&fx.finetune_path).unwrap());
     assert_eq!(checkout_bytes(&fx.store, "tiny", &out), std::fs::read(&fx.base_path).unwrap());
-    assert_eq!(fx.store.fsck(&FsckOptions { full: true }).unwrap().findings, Vec::<Finding>::new());
+    assert_eq!(fx.store.fsck(&FsckOptions { full: true, repair: false }).unwrap().findings, Vec::<Finding>::new());
 }
 
 #[test]
@@ -414,7 +414,7 @@ fn gc_after_rm_frees_commit_objects() {
     assert_eq!(record.stored_bytes, only_commit_bytes);
     let out = fx.dir.path().join("base.safetensors");
     assert_eq!(checkout_bytes(&fx.store, "tiny", &out), std::fs::read(&fx.base_path).unwrap());
-    assert_eq!(fx.store.fsck(&FsckOptions { full: true }).unwrap().findings, Vec::<Finding>::new());
+    assert_eq!(fx.store.fsck(&FsckOptions { full: true, repair: false }).unwrap().findings, Vec::<Finding>::new());
 }
 
 #[test]
@@ -488,7 +488,7 @@ fn lossy_commit_checks_clean() {
     let record = fx.commit_record("task-lossy");
     let lossy = record.snapshot.tensors().filter(|t| matches!(t.storage, TensorStorage::UltraDelta { .. })).count();
 
-    let report = fx.store.fsck(&FsckOptions { full: true }).unwrap();
+    let report = fx.store.fsck(&FsckOptions { full: true, repair: false }).unwrap();
 
     assert_eq!(report.findings, Vec::<Finding>::new());
     assert_eq!(lossy, 14);
@@ -542,7 +542,7 @@ fn disk_full_commit_records_nothing() {
     assert_eq!(serde_json::to_string(&store.list().unwrap()).unwrap(), listing_before);
     drop(store);
     let reopened = reopen(&root);
-    assert!(reopened.fsck(&FsckOptions { full: true }).unwrap().is_clean());
+    assert!(reopened.fsck(&FsckOptions { full: true, repair: false }).unwrap().is_clean());
 }
 
 fn wstore(store: &Path, args: &[&str]) -> std::process::Output {
@@ -619,4 +619,26 @@ fn cli_waits_for_locked_store() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("waiting for another wstore process"));
     let listing: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(listing["commits"][0]["refs"][0], "task-a");
+}
+
+/// A corrupt object blocks its own repair (the source's objects look present), so
+/// `fsck --repair` deletes it; committing the source again then restores it.
+#[test]
+fn repair_deletes_corrupt_object_so_recommit_restores_it() {
+    let fx = Fixture::new();
+    let record = fx.commit_record("task-a");
+    let (_, delta) = first_delta(&record);
+    let path = fx.object_path(&delta);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let repaired = fx.store.fsck(&FsckOptions { full: false, repair: true }).unwrap();
+    assert_eq!(repaired.removed_corrupt, vec![delta]);
+    assert!(!path.exists());
+    assert_eq!(kinds(&problems(&fx.store, false)), vec![FindingKind::MissingObject]);
+
+    commit(&fx.store, &fx.finetune_path, "tiny", Some("task-a")).unwrap();
+    assert!(path.exists());
+    assert_eq!(problems(&fx.store, true), Vec::<Finding>::new());
 }

@@ -57,8 +57,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs `fsck` and returns the exit code: 0 when only orphans and stale temps were found,
 /// 1 when there are problems.
-pub fn run_fsck(store: &Store, full: bool, json: bool) -> Result<i32, Error> {
-    let report = store.fsck(&FsckOptions { full })?;
+pub fn run_fsck(store: &Store, full: bool, repair: bool, json: bool) -> Result<i32, Error> {
+    let report = store.fsck(&FsckOptions { full, repair })?;
     if json {
         print_json(&serde_json::json!({
             "clean": report.is_clean(),
@@ -68,6 +68,12 @@ pub fn run_fsck(store: &Store, full: bool, json: bool) -> Result<i32, Error> {
         }));
     } else {
         print_fsck(&report);
+        if !report.removed_corrupt.is_empty() {
+            println!(
+                "deleted {} corrupt object file(s); add or commit their sources again to write them anew, then run wstore fsck",
+                report.removed_corrupt.len()
+            );
+        }
     }
     Ok(if report.is_clean() { 0 } else { 1 })
 }

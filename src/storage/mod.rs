@@ -58,7 +58,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 /// Error of a `Storage` operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("object {id} not found in the store")]
+    #[error("object {id} not found in the store; run `wstore fsck` to see what needs it, then add or commit that source again")]
     NotFound { id: ObjectId },
 
     #[error(

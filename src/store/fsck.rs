@@ -23,6 +23,10 @@ pub struct FsckOptions {
     /// Whether to also rebuild every file of every base and commit and compare it with its
     /// recorded BLAKE3.
     pub full: bool,
+    /// Whether to delete object files that fail their hash check. A corrupt object blocks its
+    /// own repair: adding or committing its source again finds the file present and writes
+    /// nothing. Once it is deleted, that writes it anew.
+    pub repair: bool,
 }
 
 /// Kind of a finding; the JSON names are part of `fsck --json` output.
@@ -135,6 +139,9 @@ pub struct FsckReport {
     pub files_rebuilt: usize,
     /// Sorted by kind, then by the ids involved.
     pub findings: Vec<Finding>,
+    /// Corrupt object files deleted by `repair`.
+    #[serde(default)]
+    pub removed_corrupt: Vec<ObjectId>,
 }
 
 impl FsckReport {
@@ -209,6 +216,8 @@ impl Store {
     /// errors; an error means the check itself could not run (unreadable catalog, I/O failure
     /// listing objects).
     pub fn fsck(&self, options: &FsckOptions) -> Result<FsckReport, Error> {
+        // Repair deletes files, so no writer of this store may run meanwhile (as for gc).
+        let _exclusive = options.repair.then(|| self.lock_exclusive());
         let listed = self.objects.storage().list()?;
         let mut check = Check {
             store: self,
@@ -218,6 +227,17 @@ impl Store {
             findings: Vec::new(),
         };
         check.read_objects(&listed);
+        let mut removed_corrupt = Vec::new();
+        if options.repair {
+            let mut corrupt: Vec<ObjectId> = check.corrupt.keys().copied().collect();
+            corrupt.sort();
+            for id in corrupt {
+                if self.objects.storage().delete(&id)? {
+                    tracing::warn!(object = %id, "deleted a corrupt object file");
+                    removed_corrupt.push(id);
+                }
+            }
+        }
 
         let bases = check.check_bases(self.catalog.scan_bases()?);
         let commits = check.check_commits(self.catalog.scan_commits()?, &bases);
@@ -260,6 +280,7 @@ impl Store {
             deltas,
             files_rebuilt,
             findings,
+            removed_corrupt,
         })
     }
 }
