@@ -114,7 +114,7 @@ fn check_missing_id(storage: &dyn Storage) {
     );
     assert_eq!(
         get.to_string(),
-        format!("object {missing} not found in the store")
+        format!("object {missing} not found in the store; run `wstore fsck` to see what needs it, then add or commit that source again")
     );
     assert!(!storage.contains(&missing).unwrap(), "{storage:?}");
     assert!(!storage.delete(&missing).unwrap(), "{storage:?}");
