@@ -52,16 +52,26 @@ pub fn download(client: &DaemonClient, file: &ManifestFile, destination: &Path, 
         });
     }
 
+    let status = response.status().as_u16();
+    // A body that ends early was cut by the daemon: it stops a response when a stored tensor
+    // fails to rebuild or verify, rather than send wrong bytes.
+    let truncated = |received: u64, cause: String| Error::Daemon {
+        status,
+        kind: "truncated".into(),
+        message: format!(
+            "the daemon at {} stopped sending file {} after {received} of {} bytes ({cause}); it does this when a stored tensor fails to rebuild or verify, and its log names the tensor; stop the daemon and run `wstore fsck --full` to check the store",
+            client.url(),
+            file.path,
+            file.bytes
+        ),
+    };
     let mut reader = response.into_body().into_reader();
     let mut out = DurableFile::create(destination).map_err(|e| Error::io("create", destination, e))?;
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; CHUNK_BYTES];
     let mut received: u64 = 0;
     loop {
-        let read = reader.read(&mut buffer).map_err(|e| Error::DaemonUnreachable {
-            url: client.url().to_string(),
-            detail: format!("reading file {} after {received} bytes: {e}", file.path),
-        })?;
+        let read = reader.read(&mut buffer).map_err(|e| truncated(received, e.to_string()))?;
         let Some(chunk) = buffer.get(..read).filter(|chunk| !chunk.is_empty()) else {
             break;
         };
@@ -75,10 +85,7 @@ pub fn download(client: &DaemonClient, file: &ManifestFile, destination: &Path, 
     }
 
     if received != file.bytes {
-        return Err(Error::DaemonUnreachable {
-            url: client.url().to_string(),
-            detail: format!("file {} has {} bytes, but the response carried {received}", file.path, file.bytes),
-        });
+        return Err(truncated(received, "the response ended".into()));
     }
     let actual = ObjectId::from_bytes(*hasher.finalize().as_bytes());
     if actual != file.blake3 {
@@ -158,8 +165,9 @@ mod tests {
         let destination = dir.path().join("model.safetensors");
 
         let error = download(&client, &manifest_file(&claimed), &destination, &NoProgress).unwrap_err();
-        assert!(matches!(error, Error::DaemonUnreachable { .. }), "{error}");
-        assert!(error.to_string().contains("has 28 bytes, but the response carried 10"), "{error}");
+        assert!(matches!(&error, Error::Daemon { kind, .. } if kind == "truncated"), "{error}");
+        assert!(error.to_string().contains("after 10 of 28 bytes"), "{error}");
+        assert!(error.to_string().contains("wstore fsck --full"), "{error}");
         assert_eq!(names_in(dir.path()), Vec::<String>::new());
     }
 
