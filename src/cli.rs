@@ -478,7 +478,7 @@ fn run_through_daemon(daemon: &LiveDaemon, root: &Path, command: Command, progre
             // Invalid codec options fail here with the same message as without a daemon.
             codec.to_choice()?;
             let author = Some(crate::store::default_author(author));
-            let request = CommitRequest { path: absolute(&path)?, base, name, message, parent, author, map_prefix, no_align, codec };
+            let request = CommitRequest { path: Some(absolute(&path)?), upload: None, base, name, message, parent, author, map_prefix, no_align, codec };
             print_commit(&client.commit(&request)?, json);
         }
         Command::Checkout { target, output, force, json } => {

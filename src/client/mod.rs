@@ -5,15 +5,15 @@
 pub mod checkout;
 pub mod discovery;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use ureq::http::StatusCode;
 
-use crate::cli::CodecArgs;
 use crate::daemon::checkout::CheckoutManifest;
+pub use crate::daemon::write::{AddBaseRequest, CommitRequest};
 use crate::daemon::routes::{Health, RefEntry};
 use crate::error::Error;
 use crate::store::{BaseReport, BaseView, CommitReport, Details, LogEntry, StoreListing};
@@ -27,29 +27,6 @@ pub const MAX_JSON_RESPONSE: u64 = 256 << 20;
 /// Time to open a TCP connection to the daemon. The daemon listens on loopback by default,
 /// so a connection that takes longer means it is stuck or gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Body of `POST /v1/commits`: the flags of `wstore commit`, with the path made absolute
-/// because the daemon does not share the client's working directory.
-#[derive(Debug, Clone, Serialize)]
-pub struct CommitRequest {
-    pub path: PathBuf,
-    pub base: String,
-    pub name: Option<String>,
-    pub message: String,
-    pub parent: Option<String>,
-    pub author: Option<String>,
-    pub map_prefix: Option<String>,
-    pub no_align: bool,
-    #[serde(flatten)]
-    pub codec: CodecArgs,
-}
-
-/// Body of `POST /v1/bases` for a checkpoint the daemon reads from its own file system.
-#[derive(Debug, Clone, Serialize)]
-struct AddBaseRequest<'a> {
-    name: &'a str,
-    path: &'a Path,
-}
 
 /// The JSON error body every failed request carries.
 #[derive(Debug, Deserialize)]
@@ -149,7 +126,8 @@ impl DaemonClient {
 
     /// `POST /v1/bases`: registers the checkpoint at `path`, which must be absolute.
     pub fn add_base(&self, name: &str, path: &Path) -> Result<BaseReport, Error> {
-        self.post_json("/v1/bases", &AddBaseRequest { name, path })
+        let request = AddBaseRequest { name: name.to_string(), path: Some(path.to_path_buf()), upload: None };
+        self.post_json("/v1/bases", &request)
     }
 
     /// `POST /v1/commits`: commits the fine-tune at `request.path`, which must be absolute.
@@ -273,6 +251,9 @@ fn encode_segment(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    use crate::cli::CodecArgs;
 
     #[test]
     fn segments_are_percent_encoded() {
@@ -284,7 +265,8 @@ mod tests {
     #[test]
     fn commit_request_carries_every_commit_flag() {
         let request = CommitRequest {
-            path: PathBuf::from("/ft.safetensors"),
+            path: Some(PathBuf::from("/ft.safetensors")),
+            upload: None,
             base: "b".into(),
             name: Some("task".into()),
             message: "m".into(),

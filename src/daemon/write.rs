@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::routes::{blocking, json_response, ResponseBody, MAX_JSON_BODY};
@@ -19,8 +19,9 @@ use crate::cli::CodecArgs;
 use crate::progress::NoProgress;
 use crate::store::CommitOptions;
 
-/// Body of `POST /v1/bases`: a name and exactly one of `path` and `upload`.
-#[derive(Debug, Clone, Deserialize)]
+/// Body of `POST /v1/bases`: a name and exactly one of `path` and `upload`. The client sends
+/// this type too, so both sides share one wire format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddBaseRequest {
     pub name: String,
@@ -31,8 +32,8 @@ pub struct AddBaseRequest {
 }
 
 /// Body of `POST /v1/commits`: the fields of `wstore commit`'s flags, with the same defaults,
-/// and exactly one of `path` and `upload`.
-#[derive(Debug, Clone, Deserialize)]
+/// and exactly one of `path` and `upload`. The client sends this type too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitRequest {
     pub path: Option<PathBuf>,
     pub upload: Option<String>,
