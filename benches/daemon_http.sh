@@ -2,11 +2,12 @@
 # Measures `wstore serve` over loopback HTTP with curl, in two parts.
 #  (a) Full-checkout throughput of a lossless and a lossy commit, against `python3 -m
 #      http.server` serving the lossless checkout as a plain file (median of RUNS each).
-#  (b) Time to the first byte of the weight tensor in the middle of the checkpoint (the tensor
-#      holding the middle byte, or the next one of at least 1 MiB): curl's total time
-#      for a one-byte range at the tensor's start, which the daemon serves only after rebuilding
-#      and verifying the whole tensor. Cold is a freshly started daemon (tensor cache empty),
-#      warm the same request again; then the whole tensor, warm. Median of RUNS.
+#  (b) Time to the first byte of the weight tensor in the middle of the checkpoint: the tensor
+#      that contains the middle byte, or the next one of at least 1 MiB. The time is curl's
+#      total for a one-byte range at the tensor's start, because the daemon sends that byte
+#      only after rebuilding and verifying the whole tensor. Cold is a freshly started daemon
+#      (tensor cache empty), warm the same request again, then the whole tensor, warm. Median
+#      of RUNS.
 #
 # Usage: benches/daemon_http.sh FAMILY_DIR [WORK_DIR]
 #   FAMILY_DIR holds base.safetensors and ft1.safetensors (e.g. from benches/synth_llama.sh).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a fixed time and prints executions and crashes per target.
 # Usage: bash benches/fuzz_all.sh [SECONDS_PER_TARGET] [TARGET...]
-#   SECONDS_PER_TARGET defaults to 600 (the 10 minutes issue 6 asks for); targets default to
-#   all of fuzz/fuzz_targets. Needs cargo-fuzz (`cargo install cargo-fuzz`); nightly features
+#   SECONDS_PER_TARGET defaults to 600 (10 minutes); targets default to all of
+#   fuzz/fuzz_targets. Needs cargo-fuzz (`cargo install cargo-fuzz`); nightly features
 #   are enabled with RUSTC_BOOTSTRAP=1 on the stable toolchain.
 set -euo pipefail
 seconds="${1:-600}"

@@ -341,8 +341,10 @@ fn diff_through_daemon_prints_direct_output() {
             })
             .collect()
     };
+
     let daemon = Daemon::start(&fixture.store, &[]);
     let through_daemon = run();
+
     // The endpoint itself returns what `diff --json` prints.
     let body = Command::new("curl").args(["-sS", "--fail-with-body", &format!("{}/v1/diff/task-a/task-lossy", daemon.url)]).output().unwrap();
     assert_eq!(body.status.code(), Some(0), "{}", String::from_utf8_lossy(&body.stdout));
@@ -351,11 +353,13 @@ fn diff_through_daemon_prints_direct_output() {
         .output()
         .unwrap();
     assert_eq!(stdout(&bad), "400");
+
     // A file against a stored checkpoint needs the store in this process.
     let mixed = wstore_in(&fixture.store, cwd, &[], &["diff", "finetune.safetensors", "task-a"]);
     assert_eq!(mixed.status.code(), Some(2));
     assert!(stderr(&mixed).contains("stop the daemon"), "{}", stderr(&mixed));
     daemon.stop();
+
     let direct = run();
     assert_eq!(through_daemon, direct);
     assert_eq!(String::from_utf8_lossy(&body.stdout).trim_end(), direct[0].trim_end());

@@ -771,7 +771,7 @@ fn read_response_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
 /// What only a browser sends is refused: a Host that is not loopback (DNS rebinding) and a
 /// write carrying an Origin header (a page's script). Plain clients are unaffected.
 #[test]
-fn browser_requests_are_refused() {
+fn browser_requests_are_rejected() {
     let fixture = Fixture::new(38);
     let daemon = Daemon::start(&fixture.store, &[], None);
     let rebinding = get(&daemon, "/v1/ls", &["-H", "Host: attacker.example:7070"]);

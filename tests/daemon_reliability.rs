@@ -18,7 +18,8 @@ fn ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// A store with a base and `count` fine-tunes of it written to files (not yet committed).
+/// Creates a store with a base, writes `count` fine-tunes of that base to files without
+/// committing them, and returns the store and the fine-tune paths.
 fn family(dir: &Path, count: u64) -> (PathBuf, Vec<PathBuf>) {
     let base = tiny_base(7);
     std::fs::write(dir.join("base.safetensors"), to_safetensors(&base, None).unwrap()).unwrap();
@@ -48,7 +49,7 @@ fn checkout_hash(store: &Path, target: &str, scratch: &Path) -> blake3::Hash {
 }
 
 #[test]
-fn daemon_killed_during_uploads_and_commits_loses_nothing() {
+fn daemon_kill_loses_no_commit() {
     let dir = tempfile::tempdir().unwrap();
     let (store, finetunes) = family(dir.path(), 3);
     let scratch = dir.path().join("scratch");
@@ -110,13 +111,14 @@ fn daemon_killed_during_uploads_and_commits_loses_nothing() {
 }
 
 #[test]
-fn concurrent_commits_and_reads_through_daemon_all_verify() {
+fn daemon_concurrent_writes_verify() {
     let dir = tempfile::tempdir().unwrap();
     let (store, finetunes) = family(dir.path(), 3);
     let scratch = dir.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     ok(&store, &["commit", finetunes[0].to_str().unwrap(), "--base", "tiny", "--name", "first", "--codec", "lossless"]);
     let first = checkout_hash(&store, "first", &scratch);
+
     let daemon = Daemon::start(&store, &[]);
     let file_url = {
         let manifest: serde_json::Value =
@@ -124,6 +126,7 @@ fn concurrent_commits_and_reads_through_daemon_all_verify() {
         format!("{}{}", daemon.url, manifest["files"][0]["url"].as_str().unwrap())
     };
     let expected = std::fs::read(scratch.join("first.safetensors")).unwrap();
+
     std::thread::scope(|scope| {
         // Three different fine-tunes, and the second one twice under two refs.
         let jobs = [(1usize, "b"), (2, "c"), (1, "b-again"), (0, "a-again")];
@@ -144,11 +147,13 @@ fn concurrent_commits_and_reads_through_daemon_all_verify() {
             }
         });
     });
+
     for (name, index) in [("b", 1), ("c", 2), ("b-again", 1), ("a-again", 0)] {
         assert_eq!(checkout_hash(&store, name, &scratch), blake3_of(&finetunes[index]), "{name}");
     }
     assert_eq!(checkout_hash(&store, "first", &scratch), first);
     daemon.stop();
+
     // One set of objects per distinct fine-tune: no orphans, nothing torn.
     let fsck: serde_json::Value = serde_json::from_str(&ok(&store, &["fsck", "--full", "--json"])).unwrap();
     assert_eq!(fsck["clean"], true, "{fsck}");

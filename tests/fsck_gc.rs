@@ -624,7 +624,7 @@ fn cli_waits_for_locked_store() {
 /// A corrupt object blocks its own repair (the source's objects look present), so
 /// `fsck --repair` deletes it; committing the source again then restores it.
 #[test]
-fn repair_deletes_corrupt_object_so_recommit_restores_it() {
+fn repair_then_recommit_restores_object() {
     let fx = Fixture::new();
     let record = fx.commit_record("task-a");
     let (_, delta) = first_delta(&record);

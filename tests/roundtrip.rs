@@ -349,7 +349,7 @@ fn lossy_commit_keeps_nan_tensor_exact() {
 /// Explicit settings with a family: the second fine-tune's delta is larger, so the trace-norm
 /// factor shrinks it, and the reported error is the error of what a checkout returns.
 #[test]
-fn explicit_report_measures_error_after_trace_norm_factor() {
+fn explicit_error_includes_trace_norm_factor() {
     use wstore::codec::ultradelta::Settings;
     use wstore::store::{CodecChoice, LossyOptions};
     let dir = tempfile::tempdir().unwrap();
@@ -359,6 +359,7 @@ fn explicit_report_measures_error_after_trace_norm_factor() {
     let base = write(&dir.path().join("b.safetensors"), &[tensor("w", Dtype::F32, &[64, 64], bytes(&base_values))]);
     let store = Store::init(&dir.path().join("store")).unwrap();
     store.add_base("b", &base, &NoProgress).unwrap();
+
     let lossy = LossyOptions {
         settings: Settings { sparsity: Some(0.5), bits: Some(8), ..Settings::default() },
         accept_error: true,
@@ -370,9 +371,11 @@ fn explicit_report_measures_error_after_trace_norm_factor() {
         let options = CommitOptions { base: "b".into(), name: Some(name.into()), codec: CodecChoice::UltraDelta(lossy.clone()), ..Default::default() };
         reports.push((store.commit(&path, &options, &NoProgress).unwrap(), weights(scale)));
     }
+
     let (report, finetuned) = &reports[1];
     let lossy_report = report.lossy.as_ref().unwrap();
     assert!(lossy_report.trace_norm_factor < 0.9, "factor {}", lossy_report.trace_norm_factor);
+
     let out = checkout_bytes(&store, "large", &dir.path().join("o.safetensors"));
     let rebuilt: Vec<f32> = out[out.len() - 64 * 64 * 4..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let (mut err, mut norm) = (0f64, 0f64);

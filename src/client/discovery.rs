@@ -20,8 +20,8 @@ pub struct LiveDaemon {
 }
 
 /// Returns the live daemon of the store at `root`, or `None` when there is no discovery file
-/// or it is stale: its pid is not running, nothing answers `GET /v1/health` at its URL, or
-/// the daemon that answers serves another store (a copied store keeps the original's file).
+/// or it is stale: its pid is not running, nothing responds to `GET /v1/health` at its URL,
+/// or the responding daemon serves another store (a copied store keeps the original's file).
 /// A 401 for a missing token counts as live, so the command then fails with the daemon's
 /// reason instead of a catalog lock error; any other HTTP error means no wstore daemon.
 pub fn discover(root: &Path, token: Option<String>) -> Result<Option<LiveDaemon>, Error> {

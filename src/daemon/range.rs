@@ -68,8 +68,8 @@ pub fn parse_range(header: &str, len: u64) -> RangeSpec {
         return RangeSpec::Full;
     }
     let ranges: Vec<ByteRange> = raw.iter().filter_map(|r| resolve(*r, len)).collect();
-    // Overlapping ranges could ask for many copies of the file (RFC 9110, section 14.2, lets
-    // a server ignore such a request): more bytes than the file holds get the file once.
+    // Overlapping ranges can request many copies of the file. RFC 9110, section 14.2, lets a
+    // server ignore such a request, so ranges totalling more bytes than the file get it once.
     let requested = ranges.iter().fold(0u64, |total, r| total.saturating_add(r.len()));
     if ranges.is_empty() {
         RangeSpec::Unsatisfiable
@@ -169,7 +169,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_asking_for_more_than_the_file_get_it_once() {
+    fn oversized_ranges_give_full_file() {
         let header = format!("bytes={}", vec!["0-999"; 3].join(","));
         assert_eq!(parse_range(&header, 1000), RangeSpec::Full);
         // Overlap within the file's size is served as asked.

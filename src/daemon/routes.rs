@@ -183,10 +183,10 @@ async fn diff(shared: &Arc<Shared>, request: &Request<Incoming>, a: &str, b: Opt
     Ok(json_response(StatusCode::OK, &report))
 }
 
-/// Refuses what only a web browser sends, so that a page the user visits cannot drive the
-/// daemon. Without a token the daemon listens on loopback only, and a `Host` other than a
-/// loopback name means a DNS-rebinding page; a write with an `Origin` header comes from a
-/// page's script, never from wstore's own clients, curl or Python.
+/// Rejects requests that only a web browser sends, so that a page the user visits cannot
+/// drive the daemon. Without a token the daemon listens on loopback only, so a `Host` other
+/// than a loopback name means a DNS-rebinding page. A write with an `Origin` header comes from
+/// a page's script: wstore's own client, curl and Python's urllib send none.
 fn check_browser_headers(shared: &Shared, request: &Request<Incoming>) -> Result<(), ApiError> {
     let forbidden = |message: String| ApiError::new(StatusCode::FORBIDDEN, "forbidden", message);
     if shared.token.is_none() {
@@ -194,14 +194,14 @@ fn check_browser_headers(shared: &Shared, request: &Request<Incoming>) -> Result
             let host = host.to_str().unwrap_or("");
             if !is_loopback_host(host) {
                 return Err(forbidden(format!(
-                    "Host {host:?} is not a loopback name; a daemon without a token answers only requests addressed to 127.0.0.1, [::1] or localhost"
+                    "Host {host:?} is not a loopback name; a daemon without a token responds only to requests addressed to 127.0.0.1, [::1] or localhost"
                 )));
             }
         }
     }
     let writes = matches!(*request.method(), Method::POST | Method::PUT | Method::DELETE);
     if writes && request.headers().contains_key(header::ORIGIN) {
-        return Err(forbidden("writes from a web page (a request with an Origin header) are refused; use the wstore CLI, curl or another HTTP client".into()));
+        return Err(forbidden("writes from a web page (a request with an Origin header) are rejected; use the wstore CLI, curl or another HTTP client".into()));
     }
     Ok(())
 }

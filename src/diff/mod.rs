@@ -40,7 +40,7 @@ pub enum DiffSort {
 }
 
 impl DiffSort {
-    /// The name `--sort` takes.
+    /// Returns the name that `--sort` takes for this order.
     pub fn as_str(self) -> &'static str {
         match self {
             DiffSort::Name => "name",

@@ -165,8 +165,8 @@ pub(crate) fn compare_values(a: &[u8], a_type: Numeric, b: &[u8], b_type: Numeri
                 b_type.decode(b_bytes, b_values);
                 let mut sums = Sums::default();
                 sums.accumulate(a_values, b_values, tolerance);
-                // f64 holds integers exactly only up to 2^53: exact 64-bit integer comparisons
-                // count differing elements from their bytes.
+                // f64 represents integers exactly only up to 2^53, so exact 64-bit integer
+                // comparisons count differing elements from their bytes.
                 let exact = tolerance.atol == 0.0 && tolerance.rtol == 0.0;
                 if exact && a_type == b_type && matches!(a_type, Numeric::U64 | Numeric::I64) {
                     sums.differing = count_differing_units(a_bytes, b_bytes, Some(8));

@@ -242,8 +242,8 @@ impl Store {
         let mut stats = keep_accepted(stats, &accepted);
         for (tensor_stats, (_, sums)) in stats.iter_mut().zip(&rebuilt) {
             tensor_stats.trace_norm_factor = factor;
-            // The codec measured its errors before the trace-norm factor; what a checkout
-            // returns has the factor applied, so the report and the budget check use that.
+            // The codec measured its errors before the trace-norm factor. A checkout returns
+            // the rescaled delta, so the report and the budget check measure that instead.
             if factor != 1.0 {
                 refresh_fidelity(tensor_stats, sums, settings.max_error);
             }
@@ -319,7 +319,7 @@ impl Store {
     }
 
     /// Encodes one batch. `None` marks a tensor whose values or delta are not all finite,
-    /// which is stored exactly. `allocated` holds the batch's explicit-mode rates and bands.
+    /// which is stored exactly. `allocated` contains the batch's explicit-mode rates and bands.
     fn encode_batch(
         &self,
         batch: &[Candidate],

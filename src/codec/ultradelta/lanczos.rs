@@ -7,9 +7,9 @@
 //! started at `u`: `|u|² · Σ_l τ_l² sqrt(θ_l)`, over the eigenvalues `θ_l` of the Lanczos
 //! tridiagonal matrix and the first components `τ_l` of its eigenvectors. The trace is split
 //! in two. A sketch `Q` (orthonormal columns spanning `G S` for random ±1 columns `S`) catches
-//! the largest singular directions, whose part `Σ q_iᵀ G^(1/2) q_i` is computed directly; the
-//! rest is Hutchinson's estimate `mean over z of zᵀ (I - QQᵀ) G^(1/2) (I - QQᵀ) z` with random
-//! ±1 vectors `z`. Without the sketch, a delta dominated by a few directions (as fine-tuning
+//! the largest singular directions, and their part `Σ q_iᵀ G^(1/2) q_i` is computed directly.
+//! The rest is Hutchinson's estimate `mean over z of zᵀ (I - QQᵀ) G^(1/2) (I - QQᵀ) z` with
+//! random ±1 vectors `z`. Without the sketch, a delta dominated by a few directions (as fine-tuning
 //! deltas often are) makes Hutchinson's estimate swing by tens of percent.
 //!
 //! All quadratic forms advance together, so each step costs two matrix products of `M` with
@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn close_to_exact_svd_on_noise_and_low_rank() {
+    fn estimate_near_exact_svd() {
         let (rows, cols) = (300, 200);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let noise: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();

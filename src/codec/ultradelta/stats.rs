@@ -75,10 +75,10 @@ impl Fidelity {
         ratio_of_norms(self.weight_error_sq, self.weight_sq)
     }
 
-    /// Whether the reconstruction meets the budget: relative weight error at most
+    /// Returns whether the reconstruction meets the budget: relative weight error at most
     /// `max_error`, and the fine-tune's change kept to within [`super::MAX_DELTA_ERROR`] of its
-    /// norm. The second bound matters when the whole delta is smaller than `max_error` allows:
-    /// without it, dropping every entry (the base itself) would pass.
+    /// norm. The second bound matters when the whole delta is smaller than `max_error` allows,
+    /// because dropping every entry (the base itself) would otherwise pass.
     pub(crate) fn within_budget(&self, max_error: f64) -> bool {
         // `W_rec - W_ft` is the error of the delta as the dtype stores it, so
         // `weight_error_sq` measures the kept change after the cast.

@@ -279,7 +279,7 @@ fn batched_explicit_encoding_equals_one_call() {
 /// [-0.1, 0.1] (norm about 0.058 per element), delta of scale 1e-6 (relative 2.4e-5). Dropping
 /// the delta would pass `max_error` alone; the budget must keep the change or refuse.
 #[test]
-fn budget_keeps_a_delta_smaller_than_the_budget() {
+fn budget_keeps_tiny_delta() {
     let (base, finetuned) = synthetic(64 * 64, 1e-6, 21);
     let shape = [64u64, 64];
     let tensor = TensorDelta { name: "w", shape: &shape, base: &base, finetuned: &finetuned };
