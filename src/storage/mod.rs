@@ -41,6 +41,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     fn contains(&self, id: &ObjectId) -> Result<bool, StorageError>;
 
+    /// Records that this store now references an object that is already stored, and returns
+    /// whether it is. A store that shares its objects with other stores (a shared bucket) must
+    /// mark the reference before it relies on the object, so that another store's `gc` keeps
+    /// it; a store of its own has nothing to mark and just checks presence.
+    fn adopt(&self, id: &ObjectId) -> Result<bool, StorageError> {
+        self.contains(id)
+    }
+
     /// Deletes an object and returns `false` when it was not stored.
     fn delete(&self, id: &ObjectId) -> Result<bool, StorageError>;
 
