@@ -18,6 +18,9 @@ pub use maintenance::{open_waiting, parse_duration};
 
 mod diff_command;
 
+mod transfer_command;
+use transfer_command::{Direction, TransferArgs};
+
 #[derive(Debug, Parser)]
 #[command(name = "wstore", version, about = "A version store for model weights: bases kept once, fine-tunes kept as deltas")]
 pub struct Cli {
@@ -167,6 +170,10 @@ pub enum Command {
     },
     /// Compare two checkpoints tensor by tensor (exit code 0: no differences, 1: differences, 2: error)
     Diff(diff_command::DiffArgs),
+    /// Copy a ref with its commits, base and the objects the remote daemon lacks to that daemon
+    Push(TransferArgs),
+    /// Copy a ref with its commits, base and the objects this store lacks from a remote daemon
+    Pull(TransferArgs),
 }
 
 /// Codec options of `commit`. The daemon's `POST /v1/commits` takes the same fields in JSON,
@@ -458,6 +465,8 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
             return maintenance::run_base_rm(&open(&root)?, &name, with_commits, json)
         }
         Command::Diff(args) => return diff_command::run(&root, args),
+        Command::Push(args) => return transfer_command::run(&open(&root)?, Direction::Push, args, progress.as_ref()),
+        Command::Pull(args) => return transfer_command::run(&open(&root)?, Direction::Pull, args, progress.as_ref()),
     }
     Ok(0)
 }
@@ -491,6 +500,14 @@ fn run_through_daemon(daemon: &LiveDaemon, root: &Path, command: Command, progre
         Command::Log { target, json } => print_log(&client.log(&target)?, json),
         Command::Show { target, json } => print_show(&client.show(&target)?, json),
         Command::Diff(args) => return diff_command::run_via_daemon(client, args),
+        Command::Push(args) => {
+            let local = crate::transfer::http::HttpEndpoint::local(client.clone());
+            return transfer_command::run(&local, Direction::Push, args, progress);
+        }
+        Command::Pull(args) => {
+            let local = crate::transfer::http::HttpEndpoint::local(client.clone());
+            return transfer_command::run(&local, Direction::Pull, args, progress);
+        }
         // `serve`, and any command without an HTTP route, would fail on the catalog lock the
         // daemon holds, so it is rejected with the way out instead.
         other => {

@@ -73,6 +73,20 @@ pub enum Error {
     #[error("the daemon at {url} (pid {pid}) owns the store at {store}, and `wstore {command}` cannot run through it; stop the daemon (SIGINT or SIGTERM to pid {pid}) and run the command again")]
     DaemonUnsupported { command: String, url: String, pid: u32, store: PathBuf },
 
+    // ---- push and pull between stores
+    #[error("object file sent as {id} is invalid: {detail}; nothing was stored, so run `wstore fsck` on the sending store")]
+    InvalidObjectFile { id: ObjectId, detail: String },
+    #[error("invalid bundle: {detail}; nothing was imported")]
+    InvalidBundle { detail: String },
+    #[error("the destination lacks {count} of the objects the bundle references (first {first}); nothing was imported, so run the push or pull again to send them")]
+    ObjectsMissing { count: usize, first: ObjectId },
+    #[error("base name {name:?} on the destination names base {existing}, but the transferred commits use base {incoming}; remove that name on the destination (`wstore base rm {name}`) or rename the base on the source, then retry")]
+    BaseNameConflict { name: String, existing: ObjectId, incoming: ObjectId },
+    #[error("ref {ref_name:?} on the destination names commit {current}, and commit {commit} does not descend from it; pass --force to replace the ref anyway, which leaves commit {current} without it")]
+    NonFastForward { ref_name: String, current: ObjectId, commit: ObjectId },
+    #[error("failed to reach the remote daemon at {url}: {detail}; check the URL and that `wstore serve` runs there")]
+    RemoteUnreachable { url: String, detail: String },
+
     // ---- plain I/O on inputs and outputs
     #[error("{path}: failed to {op}: {source}")]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },

@@ -21,6 +21,7 @@ pub mod progress;
 pub mod storage;
 pub mod store;
 pub mod synth;
+pub mod transfer;
 
 pub use error::Error;
 pub use store::{Store, Target};

@@ -60,16 +60,7 @@ impl ObjectStore {
 
     pub fn get_with_kind(&self, id: &ObjectId) -> Result<(ObjectKind, Vec<u8>), Error> {
         let file = self.storage.get(id)?;
-        let (header, content) = object::decode(&file)
-            .map_err(|e| Error::CorruptObject { id: *id, detail: e.to_string() })?;
-        let actual = ObjectId::of_large(&content);
-        if actual != *id {
-            return Err(Error::CorruptObject {
-                id: *id,
-                detail: format!("content hashes to {actual}"),
-            });
-        }
-        Ok((header.kind, content))
+        decode_checked(id, &file).map_err(|detail| Error::CorruptObject { id: *id, detail })
     }
 
     pub fn contains(&self, id: &ObjectId) -> Result<bool, Error> {
@@ -80,4 +71,16 @@ impl ObjectStore {
     pub fn stored_size(&self, id: &ObjectId) -> Result<u64, Error> {
         Ok(self.storage.size(id)?)
     }
+}
+
+/// Decodes an object file and checks that its content hashes to `id`. The error is the
+/// reason alone, so each caller names the failure its own way (a corrupt stored object, or an
+/// invalid object file received from another store).
+pub fn decode_checked(id: &ObjectId, file: &[u8]) -> Result<(ObjectKind, Vec<u8>), String> {
+    let (header, content) = object::decode(file).map_err(|e| e.to_string())?;
+    let actual = ObjectId::of_large(&content);
+    if actual != *id {
+        return Err(format!("content hashes to {actual}"));
+    }
+    Ok((header.kind, content))
 }

@@ -58,9 +58,15 @@ pub fn discover(root: &Path, token: Option<String>) -> Result<Option<LiveDaemon>
 /// Reads the bearer token for the daemon: from `file` if given, else from `$WSTORE_TOKEN`.
 /// Surrounding whitespace, such as a trailing newline, is dropped.
 pub fn read_token(file: Option<&Path>) -> Result<Option<String>, Error> {
+    read_token_or_env(file, crate::daemon::auth::TOKEN_ENV)
+}
+
+/// Reads a bearer token from `file` if given, else from the environment variable `env`,
+/// dropping surrounding whitespace.
+pub fn read_token_or_env(file: Option<&Path>, env: &str) -> Result<Option<String>, Error> {
     let text = match file {
         Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io("read token file", path, e))?,
-        None => std::env::var(crate::daemon::auth::TOKEN_ENV).unwrap_or_default(),
+        None => std::env::var(env).unwrap_or_default(),
     };
     let token = text.trim();
     Ok((!token.is_empty()).then(|| token.to_string()))

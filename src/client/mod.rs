@@ -4,6 +4,7 @@
 
 pub mod checkout;
 pub mod discovery;
+mod exchange;
 
 use std::path::Path;
 use std::time::Duration;

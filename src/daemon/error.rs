@@ -64,6 +64,11 @@ impl From<Error> for ApiError {
             | Error::InvalidArgument { .. }
             | Error::OutputExists { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
             Error::OverBudget { .. } => (StatusCode::BAD_REQUEST, "over_budget"),
+            Error::InvalidObjectFile { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_object"),
+            Error::InvalidBundle { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_bundle"),
+            Error::ObjectsMissing { .. } => (StatusCode::CONFLICT, "objects_missing"),
+            Error::BaseNameConflict { .. } => (StatusCode::CONFLICT, "base_name_conflict"),
+            Error::NonFastForward { .. } => (StatusCode::CONFLICT, "non_fast_forward"),
             // The write API reads paths the client names; a missing or unreadable one is the
             // client's input, not a server fault.
             Error::Io { source, .. }

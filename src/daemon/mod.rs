@@ -9,6 +9,7 @@ pub mod body;
 pub mod cache;
 pub mod checkout;
 pub mod error;
+pub mod exchange;
 pub mod paths;
 pub mod range;
 pub mod routes;

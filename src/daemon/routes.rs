@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::body::BodyError;
 use super::error::ApiError;
 use super::paths::{check_target, check_upload_name, split_path};
-use super::{checkout, write, Shared};
+use super::{checkout, exchange, write, Shared};
 use crate::id::ObjectId;
 use crate::store::Store;
 
@@ -89,7 +89,7 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
     let segments = split_path(request.uri().path()).map_err(|e| ApiError::bad_request(e.0));
     if let Ok(segments) = &segments {
         if let [_, kind, target, ..] = segments.as_slice() {
-            if matches!(kind.as_str(), "checkout" | "show" | "log" | "diff") {
+            if matches!(kind.as_str(), "checkout" | "show" | "log" | "diff" | "bundles" | "objects") {
                 info.target = Some(target.clone());
             }
         }
@@ -158,6 +158,11 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, info: &mut Requ
             check_upload_name(file_name).map_err(|e| ApiError::bad_request(e.0))?;
             write::upload(shared, request, file_name).await
         }
+        (["bundles", ref_name], &Method::GET) => exchange::bundle(shared, checked_target(ref_name)?).await,
+        (["bundles"], &Method::POST) => exchange::import(shared, request).await,
+        (["objects", "missing"], &Method::POST) => exchange::missing(shared, request).await,
+        (["objects", id], &Method::GET) => exchange::get_object(shared, id).await,
+        (["objects", id], &Method::PUT) => exchange::put_object(shared, request, id).await,
         (["uploads", id], &Method::DELETE) => {
             drop(shared.uploads.take(id)?);
             Ok(empty_response(StatusCode::NO_CONTENT))
@@ -230,6 +235,9 @@ fn allowed_methods(rest: &[&str]) -> Option<&'static str> {
         ["commits"] => Some("POST"),
         ["checkout", _, ..] => Some("GET, HEAD"),
         ["uploads", _] => Some("PUT, DELETE"),
+        ["bundles", _] => Some("GET"),
+        ["bundles"] | ["objects", "missing"] => Some("POST"),
+        ["objects", _] => Some("GET, PUT"),
         _ => None,
     }
 }

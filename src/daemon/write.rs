@@ -122,9 +122,14 @@ pub async fn upload(shared: &Arc<Shared>, request: Request<Incoming>, file_name:
 
 /// Reads a JSON body of at most `MAX_JSON_BODY` bytes.
 async fn read_json_body(request: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let collected = Limited::new(request.into_body(), MAX_JSON_BODY).collect().await.map_err(|error| {
+    read_json_body_limited(request, MAX_JSON_BODY).await
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+pub(super) async fn read_json_body_limited(request: Request<Incoming>, limit: usize) -> Result<serde_json::Value, ApiError> {
+    let collected = Limited::new(request.into_body(), limit).collect().await.map_err(|error| {
         if error.downcast_ref::<LengthLimitError>().is_some() {
-            ApiError::too_large(format!("JSON body is larger than the limit of {MAX_JSON_BODY} bytes"))
+            ApiError::too_large(format!("JSON body is larger than the limit of {limit} bytes"))
         } else {
             ApiError::bad_request(format!("failed to read the request body: {error}"))
         }
@@ -132,7 +137,7 @@ async fn read_json_body(request: Request<Incoming>) -> Result<serde_json::Value,
     serde_json::from_slice(&collected.to_bytes()).map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
-fn parse_json<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
 }
 

@@ -2,6 +2,7 @@
 
 mod checkout;
 mod commit;
+mod exchange;
 mod fsck;
 mod gc;
 mod lossy;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use checkout::{prepare_output, CheckoutOptions, CheckoutReport};
+pub use exchange::{Bundle, BundleBase, ImportReport, ObjectEntry, BUNDLE_SCHEMA};
 pub use commit::{default_author, BaseReport, CodecChoice, CommitOptions, CommitReport};
 pub use fsck::{Finding, FindingKind, FsckOptions, FsckReport};
 pub use gc::{GcOptions, GcReport, DEFAULT_GC_GRACE};
