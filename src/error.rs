@@ -73,6 +73,10 @@ pub enum Error {
     #[error("the daemon at {url} (pid {pid}) owns the store at {store}, and `wstore {command}` cannot run through it; stop the daemon (SIGINT or SIGTERM to pid {pid}) and run the command again")]
     DaemonUnsupported { command: String, url: String, pid: u32, store: PathBuf },
 
+    // ---- the store's config file
+    #[error("store config {}: {detail}", path.display())]
+    StoreConfig { path: PathBuf, detail: String },
+
     // ---- plain I/O on inputs and outputs
     #[error("{path}: failed to {op}: {source}")]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
