@@ -47,7 +47,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a store
-    Init,
+    Init {
+        /// Keep objects in an S3-compatible bucket, as s3://BUCKET/PREFIX (credentials and
+        /// endpoint from the AWS_* variables or the file named by WSTORE_S3_CONFIG)
+        #[arg(long, value_name = "URL")]
+        objects: Option<String>,
+        /// Local read cache of an S3 store, in MiB (0 disables it) [default: 1024]
+        #[arg(long, value_name = "MIB", requires = "objects")]
+        cache_mb: Option<u64>,
+    },
     /// Register and list base checkpoints
     #[command(subcommand)]
     Base(BaseCommand),
@@ -401,9 +409,12 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
         eprintln!("opening store at {} directly", root.display());
     }
     match cli.command {
-        Command::Init => {
+        Command::Init { objects, cache_mb } => {
             let existed = root.join("catalog").exists();
-            Store::init(&root)?;
+            match objects {
+                Some(url) => Store::init_with_objects(&root, &url, cache_mb.unwrap_or(crate::store::DEFAULT_CACHE_MB))?,
+                None => Store::init(&root)?,
+            };
             if existed {
                 println!("store already exists at {}", root.display());
             } else {
@@ -477,7 +488,7 @@ pub fn run(cli: Cli) -> Result<i32, Error> {
 fn run_through_daemon(daemon: &LiveDaemon, root: &Path, command: Command, progress: &dyn Progress) -> Result<i32, Error> {
     let client = &daemon.client;
     match command {
-        Command::Init => println!("store already exists at {}", root.display()),
+        Command::Init { .. } => println!("store already exists at {}", root.display()),
         Command::Base(BaseCommand::Add { name, path, json }) => {
             let report = client.add_base(&name, &absolute(&path)?)?;
             print_base_added(&name, &report, json);

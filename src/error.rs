@@ -86,6 +86,9 @@ pub enum Error {
     NonFastForward { ref_name: String, current: ObjectId, commit: ObjectId },
     #[error("failed to reach the remote daemon at {url}: {detail}; check the URL and that `wstore serve` runs there")]
     RemoteUnreachable { url: String, detail: String },
+    // ---- the store's config file
+    #[error("store config {}: {detail}", path.display())]
+    StoreConfig { path: PathBuf, detail: String },
 
     // ---- plain I/O on inputs and outputs
     #[error("{path}: failed to {op}: {source}")]

@@ -44,7 +44,9 @@ impl ObjectStore {
     /// Like `put`, for a caller that already hashed `content` (the id must be its BLAKE3).
     pub fn put_with_id(&self, id: ObjectId, kind: ObjectKind, content: &[u8]) -> Result<Stored, Error> {
         debug_assert_eq!(id, ObjectId::of_large(content));
-        if self.storage.contains(&id)? {
+        // `adopt`, not `contains`: storage shared with other stores marks the reference
+        // before this store relies on the present object.
+        if self.storage.adopt(&id)? {
             let stored_bytes = self.storage.size(&id)?;
             return Ok(Stored { id, stored_bytes, created: false });
         }

@@ -8,6 +8,7 @@
 pub mod faulty;
 pub mod fs;
 pub mod memory;
+pub mod s3;
 
 use std::io;
 use std::path::PathBuf;
@@ -61,6 +62,35 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         let _ = id;
         Ok(None)
     }
+
+    /// Returns the shared-bucket side of storage that several stores may share (S3). `None`,
+    /// the default, means the objects belong to this store alone.
+    fn shared(&self) -> Option<&dyn SharedObjects> {
+        None
+    }
+}
+
+/// Reference markers and gc fences of storage shared by several stores, each with its own
+/// catalog (see docs/design.md, "Shared buckets").
+pub trait SharedObjects {
+    /// Returns the random id of this store, the last part of its marker and fence keys.
+    fn store_id(&self) -> &str;
+
+    /// Writes this store's gc fence; every store's `put` then uploads even present objects
+    /// and `adopt` returns `false`.
+    fn begin_gc(&self) -> Result<(), StorageError>;
+
+    /// Deletes this store's gc fence.
+    fn end_gc(&self) -> Result<(), StorageError>;
+
+    /// Lists every store's reference markers.
+    fn markers(&self) -> Result<Vec<s3::Marker>, StorageError>;
+
+    /// Returns whether any store has a marker for `id`.
+    fn is_marked(&self, id: &ObjectId) -> Result<bool, StorageError>;
+
+    /// Deletes this store's marker for `id`.
+    fn delete_marker(&self, id: &ObjectId) -> Result<(), StorageError>;
 }
 
 /// Error of a `Storage` operation.
@@ -103,6 +133,21 @@ pub enum StorageError {
 
     #[error("the store rejects writes after an I/O error; reopen it once the cause is fixed")]
     Poisoned,
+
+    /// A request to remote object storage failed.
+    #[error("failed to {op} {key}: {detail}; {hint}")]
+    Remote {
+        op: &'static str,
+        /// The full `s3://bucket/key` of the request.
+        key: String,
+        detail: String,
+        /// The fix to suggest to the user.
+        hint: String,
+    },
+
+    /// The object storage settings are missing or invalid.
+    #[error("{detail}")]
+    Config { detail: String },
 }
 
 impl StorageError {

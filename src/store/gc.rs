@@ -19,6 +19,7 @@ use super::commit::snapshot_objects;
 use super::Store;
 use crate::error::Error;
 use crate::id::ObjectId;
+use crate::storage::SharedObjects;
 
 /// Default grace period: unreachable objects younger than this are kept.
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
@@ -49,6 +50,13 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Unreachable objects kept because they are younger than the grace period.
     pub spared_recent: usize,
+    /// Unreachable objects kept because another store sharing the bucket marks them.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub spared_shared: usize,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 impl Store {
@@ -60,6 +68,29 @@ impl Store {
         let _exclusive = self.lock_exclusive();
         let reachable = self.reachable_objects()?;
         let storage = self.objects.storage();
+        let Some(shared) = storage.shared() else {
+            return self.sweep(options, &reachable, &HashSet::new());
+        };
+        // Shared bucket: fence first, so that stores committing from now on upload rather
+        // than rely on present objects; then collect every store's markers (docs/design.md).
+        if options.dry_run {
+            let marked = marked_objects(shared, &reachable, options, true)?;
+            return self.sweep(options, &reachable, &marked);
+        }
+        shared.begin_gc()?;
+        let result = marked_objects(shared, &reachable, options, false)
+            .and_then(|marked| self.sweep(options, &reachable, &marked));
+        // The fence goes even when gc failed; a fence left behind costs only re-uploads.
+        let ended = shared.end_gc();
+        let report = result?;
+        ended?;
+        Ok(report)
+    }
+
+    /// Deletes unreachable objects that `marked` does not hold and that are older than the
+    /// grace period.
+    fn sweep(&self, options: &GcOptions, reachable: &HashSet<ObjectId>, marked: &HashSet<ObjectId>) -> Result<GcReport, Error> {
+        let storage = self.objects.storage();
         let now = SystemTime::now();
 
         let mut report = GcReport {
@@ -69,10 +100,15 @@ impl Store {
             deleted: Vec::new(),
             freed_bytes: 0,
             spared_recent: 0,
+            spared_shared: 0,
         };
         for id in storage.list()? {
             if reachable.contains(&id) {
                 report.reachable += 1;
+                continue;
+            }
+            if marked.contains(&id) {
+                report.spared_shared += 1;
                 continue;
             }
             // A modification time in the future (clock skew) counts as recent.
@@ -85,6 +121,13 @@ impl Store {
                 continue;
             }
             let bytes = storage.size(&id)?;
+            // Last check before the delete: a marker written after the listing above.
+            if let Some(shared) = storage.shared() {
+                if shared.is_marked(&id)? {
+                    report.spared_shared += 1;
+                    continue;
+                }
+            }
             if !options.dry_run && !storage.delete(&id)? {
                 continue;
             }
@@ -112,4 +155,29 @@ impl Store {
         }
         Ok(reachable)
     }
+}
+
+/// Deletes this store's markers of objects its catalog no longer reaches and that are older
+/// than the grace period (none in a dry run). Returns the objects some store still marks.
+fn marked_objects(
+    shared: &dyn SharedObjects,
+    reachable: &HashSet<ObjectId>,
+    options: &GcOptions,
+    dry_run: bool,
+) -> Result<HashSet<ObjectId>, Error> {
+    let now = SystemTime::now();
+    let mut marked = HashSet::new();
+    for marker in shared.markers()? {
+        let own = marker.store_id == shared.store_id();
+        // A time in the future (clock skew) counts as recent.
+        let old = now.duration_since(marker.modified).is_ok_and(|age| age >= options.grace);
+        if own && old && !reachable.contains(&marker.object) {
+            if !dry_run {
+                shared.delete_marker(&marker.object)?;
+            }
+            continue;
+        }
+        marked.insert(marker.object);
+    }
+    Ok(marked)
 }

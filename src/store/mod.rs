@@ -3,6 +3,7 @@
 mod checkout;
 mod commit;
 mod exchange;
+mod config;
 mod fsck;
 mod gc;
 mod lossy;
@@ -14,6 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use checkout::{prepare_output, CheckoutOptions, CheckoutReport};
 pub use exchange::{Bundle, BundleBase, ImportReport, ObjectEntry, BUNDLE_SCHEMA};
+pub use config::{StoreConfig, CONFIG_FILE, DEFAULT_CACHE_MB};
 pub use commit::{default_author, BaseReport, CodecChoice, CommitOptions, CommitReport};
 pub use fsck::{Finding, FindingKind, FsckOptions, FsckReport};
 pub use gc::{GcOptions, GcReport, DEFAULT_GC_GRACE};
@@ -26,10 +28,13 @@ use crate::error::Error;
 use crate::id::ObjectId;
 use crate::objects::ObjectStore;
 use crate::storage::fs::FsStorage;
+use crate::storage::s3::{S3Credentials, S3Location, S3Storage};
 use crate::storage::Storage;
 
 const CATALOG_DIR: &str = "catalog";
 const OBJECTS_DIR: &str = "objects";
+/// Read cache of a store whose objects live in S3.
+const CACHE_DIR: &str = "cache";
 
 /// Maximum length of a ref or base name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -67,6 +72,37 @@ impl Store {
         Self::with_catalog(root, catalog)
     }
 
+    /// Creates a store at `root` whose objects live at `objects` (`s3://bucket/prefix`), with
+    /// a read cache of `cache_mb` MiB (0 disables it). The bucket is checked before anything is
+    /// written, so bad credentials or a missing bucket leave no store behind. An existing
+    /// store is opened if its config names the same objects URL.
+    pub fn init_with_objects(root: &Path, objects: &str, cache_mb: u64) -> Result<Store, Error> {
+        if let Some(existing) = StoreConfig::read(root)? {
+            if existing.objects.trim_end_matches('/') != objects.trim_end_matches('/') {
+                return Err(Error::StoreConfig {
+                    path: config::config_path(root),
+                    detail: format!(
+                        "the store already keeps its objects at {}, not {objects}; choose another store directory",
+                        existing.objects
+                    ),
+                });
+            }
+            return Self::init(root);
+        }
+        if root.join(CATALOG_DIR).exists() {
+            return Err(Error::StoreConfig {
+                path: config::config_path(root),
+                detail: "the store already keeps its objects on the local filesystem; init an S3 store in a new directory".to_string(),
+            });
+        }
+        let config = StoreConfig::new(objects, cache_mb);
+        // Checked without the cache, which would create directories in the store.
+        drop(open_s3(root, &config, 0)?);
+        std::fs::create_dir_all(root).map_err(|e| Error::io("create", root, e))?;
+        config.write(root)?;
+        Self::init(root)
+    }
+
     /// Opens the store at `root`; a missing store is an error naming `wstore init`.
     pub fn open(root: &Path) -> Result<Store, Error> {
         if !root.join(OBJECTS_DIR).is_dir() || !root.join(CATALOG_DIR).join("conf").is_file() {
@@ -81,6 +117,15 @@ impl Store {
     /// Opens the object storage of a store whose catalog this process has opened (and so
     /// locked), removing temp files that interrupted writes left.
     fn with_catalog(root: &Path, catalog: Catalog) -> Result<Store, Error> {
+        if let Some(config) = StoreConfig::read(root)? {
+            return Ok(Store {
+                root: root.to_path_buf(),
+                catalog,
+                objects: ObjectStore::new(Arc::new(open_s3(root, &config, config.cache_bytes())?)),
+                removed_temps: Vec::new(),
+                write_lock: RwLock::new(()),
+            });
+        }
         let storage = FsStorage::open(&root.join(OBJECTS_DIR))?;
         let removed_temps = storage.remove_stale_temps_listed()?;
         if !removed_temps.is_empty() {
@@ -147,6 +192,14 @@ impl Store {
             Err(other) => Err(other.into()),
         }
     }
+}
+
+/// Connects to the S3 objects a store's config names, with credentials from the environment
+/// and a read cache of `cache_bytes` (0 disables it).
+fn open_s3(root: &Path, config: &StoreConfig, cache_bytes: u64) -> Result<S3Storage, Error> {
+    let location = S3Location::parse(&config.objects)?;
+    let credentials = S3Credentials::from_env()?;
+    Ok(S3Storage::open(location, &credentials, &config.store_id, &root.join(CACHE_DIR), cache_bytes)?)
 }
 
 /// Checks a ref or base name: it becomes a URL path segment and a file name, so it is kept

@@ -38,6 +38,11 @@ impl Daemon {
     /// Starts `wstore --store STORE serve --listen 127.0.0.1:0 ARGS` and waits for its
     /// discovery file.
     pub fn start(store: &Path, args: &[&str]) -> Daemon {
+        Self::start_with_env(store, args, &[])
+    }
+
+    /// Like `start`, with `env` set for the daemon (an S3 store's credentials).
+    pub fn start_with_env(store: &Path, args: &[&str], env: &[(&str, String)]) -> Daemon {
         let discovery = store.join("daemon.json");
         let child = Command::new(env!("CARGO_BIN_EXE_wstore"))
             .arg("--store")
@@ -46,6 +51,7 @@ impl Daemon {
             .args(args)
             .env_remove("WSTORE_HOME")
             .env_remove("WSTORE_TOKEN")
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,303 @@
+//! Stores whose objects live on a real S3 server (a single-node Garage, see common/s3.rs):
+//! the CLI end to end, the daemon, the read cache, error messages, and two stores sharing a
+//! bucket. Without a garage binary each test prints a skip line and passes, unless
+//! `WSTORE_REQUIRE_S3=1`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::daemon::Daemon;
+use common::s3::Garage;
+use wstore::id::ObjectId;
+use wstore::storage::s3::{S3Location, S3Storage};
+use wstore::storage::{PutOutcome, SharedObjects, Storage};
+
+/// Runs the CLI on `store` with the server's credentials.
+fn wstore(garage: &Garage, store: &Path, args: &[&str]) -> Output {
+    wstore_env(store, &garage.env(), args)
+}
+
+fn wstore_env(store: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wstore"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("WSTORE_HOME")
+        .env_remove("WSTORE_S3_CONFIG")
+        .env("WSTORE_AUTHOR", "ci-tester")
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .output()
+        .unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn blake3_hex(path: &Path) -> String {
+    ObjectId::of(&std::fs::read(path).unwrap()).to_hex()
+}
+
+/// Opens the objects at `url` through the library, without cache, to count and inspect them.
+fn inspect(garage: &Garage, url: &str) -> S3Storage {
+    let cache = std::env::temp_dir().join("wstore-unused-cache");
+    S3Storage::open(S3Location::parse(url).unwrap(), &garage.credentials(), "inspector", &cache, 0).unwrap()
+}
+
+/// Every object at `url` with its modification time.
+fn objects_with_times(storage: &S3Storage) -> BTreeMap<ObjectId, std::time::SystemTime> {
+    storage.list().unwrap().into_iter().map(|id| (id, storage.modified(&id).unwrap().unwrap())).collect()
+}
+
+#[test]
+fn s3_store_round_trips() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, finetune) = wstore::synth::write_tiny_family(dir.path(), 41).unwrap();
+    let url = garage.fresh_url("roundtrip");
+    let store = dir.path().join("store");
+    let local = dir.path().join("local");
+
+    assert!(ok(wstore(garage, &store, &["init", "--objects", &url])).contains("initialised empty store"));
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join("store.json")).unwrap()).unwrap();
+    assert_eq!(config["version"], 1);
+    assert_eq!(config["objects"], url.as_str());
+    assert_eq!(config["cache_mb"], 1024);
+    assert_eq!(config["store_id"].as_str().unwrap().len(), 16);
+    ok(wstore_env(&local, &[], &["init"]));
+    for (target, env) in [(&store, garage.env()), (&local, Vec::new())] {
+        ok(wstore_env(target, &env, &["base", "add", "tiny", base.to_str().unwrap()]));
+        ok(wstore_env(target, &env, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "exact", "--codec", "lossless"]));
+        ok(wstore_env(target, &env, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "lossy"]));
+    }
+
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    ok(wstore(garage, &store, &["checkout", "exact", "-o", out.join("exact.safetensors").to_str().unwrap()]));
+    ok(wstore(garage, &store, &["checkout", "lossy", "-o", out.join("lossy.safetensors").to_str().unwrap()]));
+    ok(wstore_env(&local, &[], &["checkout", "lossy", "-o", out.join("local-lossy.safetensors").to_str().unwrap()]));
+    ok(wstore(garage, &store, &["checkout", "tiny", "-o", out.join("base.safetensors").to_str().unwrap()]));
+
+    assert_eq!(blake3_hex(&out.join("exact.safetensors")), blake3_hex(&finetune));
+    assert_eq!(blake3_hex(&out.join("base.safetensors")), blake3_hex(&base));
+    // The lossy codec is deterministic, so S3 and the local filesystem give the same bytes.
+    assert_eq!(blake3_hex(&out.join("lossy.safetensors")), blake3_hex(&out.join("local-lossy.safetensors")));
+    // Same objects in the bucket as in the local store's objects/ directory.
+    let remote = inspect(garage, &url).list().unwrap();
+    let local_objects = wstore::storage::fs::FsStorage::open(&local.join("objects")).unwrap().list().unwrap();
+    assert_eq!(remote, local_objects);
+    let fsck: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &store, &["fsck", "--full", "--json"]))).unwrap();
+    assert_eq!(fsck["clean"], true, "{fsck}");
+    assert_eq!(fsck["report"]["objects"], remote.len(), "{fsck}");
+    assert!(!store.join("objects").read_dir().unwrap().any(|_| true), "objects went to the local directory");
+}
+
+#[test]
+fn daemon_serves_s3_ranges() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, finetune) = wstore::synth::write_tiny_family(dir.path(), 42).unwrap();
+    let store = dir.path().join("store");
+    ok(wstore(garage, &store, &["init", "--objects", &garage.fresh_url("daemon"), "--cache-mb", "0"]));
+    ok(wstore(garage, &store, &["base", "add", "tiny", base.to_str().unwrap()]));
+    ok(wstore(garage, &store, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "task-a", "--codec", "lossless"]));
+    let expected = std::fs::read(&finetune).unwrap();
+
+    let daemon = Daemon::start_with_env(&store, &[], &garage.env());
+    let url = format!("{}/v1/checkout/task-a/finetune.safetensors", daemon.url);
+    let ranged = Command::new("curl").args(["-sS", "--fail", "-H", "Range: bytes=100-4195", &url]).output().unwrap();
+    let whole = Command::new("curl").args(["-sS", "--fail", &url]).output().unwrap();
+    daemon.stop();
+
+    assert_eq!(ranged.status.code(), Some(0), "{}", String::from_utf8_lossy(&ranged.stderr));
+    assert_eq!(ranged.stdout, expected[100..4196]);
+    assert_eq!(ObjectId::of(&whole.stdout), ObjectId::of(&expected));
+    assert!(!store.join("cache").exists(), "--cache-mb 0 disables the read cache");
+}
+
+#[test]
+fn read_cache_evicts_lru_within_bound() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let location = S3Location::parse(&garage.fresh_url("cache")).unwrap();
+    // Room for two 1000-byte objects, not three.
+    let storage = S3Storage::open(location, &garage.credentials(), "cache", &cache_dir, 2500).unwrap();
+    let objects: Vec<(ObjectId, Vec<u8>)> = (0..5u8)
+        .map(|seed| {
+            let bytes = vec![seed; 1000];
+            (ObjectId::of(&bytes), bytes)
+        })
+        .collect();
+    for (id, bytes) in &objects {
+        assert_eq!(storage.put(id, bytes).unwrap(), PutOutcome::Created);
+    }
+    for (id, bytes) in &objects {
+        assert_eq!(&storage.get(id).unwrap(), bytes);
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&cache_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    let mut expected: Vec<String> = objects[3..].iter().map(|(id, _)| format!("{}.1000", id.to_hex())).collect();
+    expected.sort();
+    assert_eq!(files, expected);
+    assert_eq!(storage.cache().unwrap().usage(), (2, 2000));
+
+    // A range of an evicted object is a ranged GET and caches nothing.
+    assert_eq!(storage.get_range(&objects[0].0, 10, 5).unwrap(), vec![0; 5]);
+    assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 2);
+    // A damaged cached file is dropped and the object fetched again.
+    std::fs::write(cache_dir.join(&expected[0]), b"short").unwrap();
+    let damaged = objects.iter().find(|(id, _)| expected[0].starts_with(&id.to_hex())).unwrap();
+    assert_eq!(storage.get(&damaged.0).unwrap(), damaged.1);
+    assert_eq!(std::fs::metadata(cache_dir.join(&expected[0])).unwrap().len(), 1000);
+}
+
+#[test]
+fn bad_credentials_and_bucket_named() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut env = garage.env();
+    env[1].1 = "0".repeat(64);
+    let output = wstore_env(&dir.path().join("a"), &env, &["init", "--objects", &garage.fresh_url("badkey")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("failed to list bucket s3://{}/", garage.bucket)), "{stderr}");
+    assert!(stderr.contains(&format!("access denied by {}", garage.endpoint)), "{stderr}");
+    assert!(stderr.contains("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"), "{stderr}");
+    assert!(!stderr.contains(&garage.secret_key), "{stderr}");
+    assert!(!dir.path().join("a").exists(), "a failed init leaves no store behind");
+
+    let output = wstore(garage, &dir.path().join("b"), &["init", "--objects", "s3://no-such-bucket/x"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("failed to open bucket s3://no-such-bucket/x: bucket no-such-bucket does not exist at {}; create the bucket", garage.endpoint)),
+        "{stderr}"
+    );
+
+    let output = wstore_env(&dir.path().join("c"), &[], &["init", "--objects", "s3://no-such-bucket/x"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID is not set: export it, or put AWS_ACCESS_KEY_ID=... in the file named by WSTORE_S3_CONFIG"), "{stderr}");
+}
+
+#[test]
+fn shared_bucket_dedups_and_gc_spares() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, finetune) = wstore::synth::write_tiny_family(dir.path(), 43).unwrap();
+    let url = garage.fresh_url("shared");
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let bucket = inspect(garage, &url);
+
+    ok(wstore(garage, &first, &["init", "--objects", &url]));
+    ok(wstore(garage, &first, &["base", "add", "tiny", base.to_str().unwrap()]));
+    let base_only = objects_with_times(&bucket);
+    ok(wstore(garage, &first, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "task", "--codec", "lossless"]));
+    let after_first = objects_with_times(&bucket);
+
+    ok(wstore(garage, &second, &["init", "--objects", &url]));
+    ok(wstore(garage, &second, &["base", "add", "tiny", base.to_str().unwrap()]));
+    ok(wstore(garage, &second, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "task", "--codec", "lossless"]));
+    // Same objects with the same times: nothing was uploaded again.
+    assert_eq!(objects_with_times(&bucket), after_first);
+    let markers = bucket.markers().unwrap();
+    assert_eq!(markers.len(), 2 * after_first.len(), "each store marks every object once");
+
+    // The second store drops its commit and collects: the fine-tune's objects stay, because
+    // the first store marks them.
+    let show: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &second, &["show", "task", "--json"]))).unwrap();
+    let commit_id = show["commit"]["id"].as_str().unwrap().to_string();
+    ok(wstore(garage, &second, &["rm", "task"]));
+    ok(wstore(garage, &second, &["rm", "--commit", &commit_id]));
+    let report: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &second, &["gc", "--grace", "0", "--json"]))).unwrap();
+    let finetune_only = after_first.len() - base_only.len();
+    assert_eq!(report["deleted"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["spared_shared"], finetune_only, "{report}");
+    assert_eq!(objects_with_times(&bucket), after_first);
+    assert_eq!(bucket.markers().unwrap().len(), 2 * after_first.len() - finetune_only, "the second store's stale markers are gone");
+    assert!(bucket.list().unwrap().len() == after_first.len() && !fence_present(&bucket));
+
+    let out = dir.path().join("task.safetensors");
+    ok(wstore(garage, &first, &["checkout", "task", "-o", out.to_str().unwrap()]));
+    assert_eq!(blake3_hex(&out), blake3_hex(&finetune));
+
+    // Once the first store drops the commit too, no store marks the fine-tune's objects and
+    // its gc deletes exactly them.
+    let show: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &first, &["show", "task", "--json"]))).unwrap();
+    let commit_id = show["commit"]["id"].as_str().unwrap().to_string();
+    ok(wstore(garage, &first, &["rm", "task"]));
+    ok(wstore(garage, &first, &["rm", "--commit", &commit_id]));
+    let report: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &first, &["gc", "--grace", "0", "--json"]))).unwrap();
+    assert_eq!(report["deleted"].as_array().unwrap().len(), finetune_only, "{report}");
+    assert_eq!(report["spared_shared"], serde_json::Value::Null, "{report}");
+    assert_eq!(objects_with_times(&bucket), base_only);
+    assert_eq!(bucket.markers().unwrap().len(), 2 * base_only.len());
+}
+
+/// Whether any gc fence is left under the prefix.
+fn fence_present(storage: &S3Storage) -> bool {
+    // A fence makes `adopt` refuse present objects, so probe with one that exists.
+    let Some(id) = storage.list().unwrap().first().copied() else { return false };
+    let adopted = storage.adopt(&id).unwrap();
+    storage.delete_marker(&id).unwrap();
+    !adopted
+}
+
+#[test]
+fn gc_fence_forces_upload() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let url = garage.fresh_url("fence");
+    let location = S3Location::parse(&url).unwrap();
+    let committer = S3Storage::open(location.clone(), &garage.credentials(), "committer", &dir.path().join("a"), 0).unwrap();
+    let collector = S3Storage::open(location, &garage.credentials(), "collector", &dir.path().join("b"), 0).unwrap();
+    let bytes = b"shared object".to_vec();
+    let id = ObjectId::of(&bytes);
+
+    assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::Created);
+    assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::AlreadyPresent);
+    assert_eq!(committer.uploads(), 1);
+
+    collector.begin_gc().unwrap();
+    assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::Created);
+    assert_eq!(committer.uploads(), 2);
+    assert!(!committer.adopt(&id).unwrap());
+    collector.end_gc().unwrap();
+
+    assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::AlreadyPresent);
+    assert!(committer.adopt(&id).unwrap());
+    assert!(collector.adopt(&id).unwrap());
+    assert_eq!(committer.uploads(), 2);
+    assert!(!format!("{committer:?}").contains(&garage.secret_key));
+    let mut stores: Vec<String> = committer.markers().unwrap().into_iter().map(|m| m.store_id).collect();
+    stores.sort();
+    assert_eq!(stores, ["collector", "committer"]);
+}
+
+#[test]
+fn credentials_from_config_file() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s3.env");
+    let mut text = String::from("# test server\n\n");
+    for (name, value) in garage.env() {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let from_file = [("WSTORE_S3_CONFIG", file.display().to_string())];
+
+    ok(wstore_env(&dir.path().join("a"), &from_file, &["init", "--objects", &garage.fresh_url("file")]));
+
+    // A variable in the environment wins over the file.
+    let overridden = [from_file[0].clone(), ("AWS_SECRET_ACCESS_KEY", "1".repeat(64))];
+    let output = wstore_env(&dir.path().join("b"), &overridden, &["init", "--objects", &garage.fresh_url("file")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("access denied"), "{stderr}");
+}
