@@ -242,15 +242,11 @@ fn shared_bucket_dedups_and_gc_spares() {
 
 /// Whether any gc fence is left under the prefix.
 fn fence_present(storage: &S3Storage) -> bool {
-    // A fence makes `adopt` refuse present objects, so probe with one that exists.
-    let Some(id) = storage.list().unwrap().first().copied() else { return false };
-    let adopted = storage.adopt(&id).unwrap();
-    storage.delete_marker(&id).unwrap();
-    !adopted
+    !storage.gc_fences().unwrap().is_empty()
 }
 
 #[test]
-fn gc_fence_forces_upload() {
+fn writers_wait_for_another_stores_gc() {
     let Some(garage) = common::s3::garage() else { return };
     let dir = tempfile::tempdir().unwrap();
     let url = garage.fresh_url("fence");
@@ -264,20 +260,50 @@ fn gc_fence_forces_upload() {
     assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::AlreadyPresent);
     assert_eq!(committer.uploads(), 1);
 
+    // The collector's gc runs and deletes the object (it listed no marker before the
+    // committer wrote one). A put that starts meanwhile must wait for the gc to end, then
+    // find the object gone and upload it again; relying on it would lose it.
     collector.begin_gc().unwrap();
-    assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::Created);
+    assert_eq!(committer.gc_fences().unwrap(), [format!("{}/gc/collector", location_key(&url))]);
+    let deleted = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let put = scope.spawn(|| {
+            let outcome = committer.put(&id, &bytes).unwrap();
+            (outcome, deleted.load(std::sync::atomic::Ordering::SeqCst))
+        });
+        let adopt = scope.spawn(|| (committer.adopt(&id).unwrap(), deleted.load(std::sync::atomic::Ordering::SeqCst)));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(!put.is_finished() && !adopt.is_finished(), "a writer went on under another store's gc fence");
+        assert!(collector.delete(&id).unwrap());
+        deleted.store(true, std::sync::atomic::Ordering::SeqCst);
+        collector.end_gc().unwrap();
+        // Both saw the deletion: the put uploaded the object again, and the adopt, if it
+        // looked before that upload, reported it missing so its caller sends it.
+        let (outcome, after_delete) = put.join().unwrap();
+        assert_eq!((outcome, after_delete), (PutOutcome::Created, true));
+        let (_, after_delete) = adopt.join().unwrap();
+        assert!(after_delete);
+    });
     assert_eq!(committer.uploads(), 2);
-    assert!(!committer.adopt(&id).unwrap());
-    collector.end_gc().unwrap();
+    assert!(committer.contains(&id).unwrap());
 
+    // Its own fence does not stop a store.
+    committer.begin_gc().unwrap();
     assert_eq!(committer.put(&id, &bytes).unwrap(), PutOutcome::AlreadyPresent);
     assert!(committer.adopt(&id).unwrap());
-    assert!(collector.adopt(&id).unwrap());
+    committer.end_gc().unwrap();
+    assert!(!fence_present(&committer));
     assert_eq!(committer.uploads(), 2);
     assert!(!format!("{committer:?}").contains(&garage.secret_key));
+    assert!(collector.adopt(&id).unwrap());
     let mut stores: Vec<String> = committer.markers().unwrap().into_iter().map(|m| m.store_id).collect();
     stores.sort();
     assert_eq!(stores, ["collector", "committer"]);
+}
+
+/// The key prefix of an `s3://bucket/prefix` URL.
+fn location_key(url: &str) -> String {
+    S3Location::parse(url).unwrap().prefix
 }
 
 #[test]

@@ -70,14 +70,21 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A gc fence not rewritten for this long is from a gc that died: writers ignore it. A running
+/// gc rewrites its fence every `FENCE_REFRESH`, well inside this.
+pub const FENCE_STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How often a running gc rewrites its fence.
+pub const FENCE_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Reference markers and gc fences of storage shared by several stores, each with its own
 /// catalog (see docs/design.md, "Shared buckets").
 pub trait SharedObjects {
     /// Returns the random id of this store, the last part of its marker and fence keys.
     fn store_id(&self) -> &str;
 
-    /// Writes this store's gc fence; every store's `put` then uploads even present objects
-    /// and `adopt` returns `false`.
+    /// Writes (or rewrites, to keep it fresh) this store's gc fence; every other store's
+    /// `put` and `adopt` then wait until it is gone before they check for the object.
     fn begin_gc(&self) -> Result<(), StorageError>;
 
     /// Deletes this store's gc fence.

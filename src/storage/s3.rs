@@ -31,7 +31,7 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, Retry
 use self::bridge::Bridge;
 use self::cache::ReadCache;
 pub use self::config::{S3Credentials, S3Location};
-use super::{check_range, PutOutcome, SharedObjects, Storage, StorageError};
+use super::{check_range, PutOutcome, SharedObjects, Storage, StorageError, FENCE_STALE};
 use crate::id::ObjectId;
 
 /// Objects larger than this go up as multipart uploads in parts of this size (8 MiB, above
@@ -43,6 +43,12 @@ const PART_CONCURRENCY: usize = 4;
 
 /// Retries of a failed request (connection errors, 5xx) before the error is reported.
 const MAX_RETRIES: usize = 3;
+
+/// How long a writer waits for another store's gc before giving up with an error.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(1800);
+
+/// Pause between two looks at the fences while waiting.
+const FENCE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One marker or fence key, listed with its time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,9 +260,51 @@ impl S3Storage {
         listed.map_err(|error| self.remote_error("list", &key_text, error))
     }
 
-    /// Whether any store's gc is running (a fence exists under `gc/`).
-    fn gc_running(&self) -> Result<bool, StorageError> {
-        Ok(!self.list_keys("gc")?.is_empty())
+    /// Keys of every gc fence under the prefix, this store's own included.
+    pub fn gc_fences(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self.list_keys("gc")?.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// Fences of gcs running in other stores: keys under `gc/` other than this store's own,
+    /// refreshed within `FENCE_STALE`. An older fence is from a gc that died; it is logged and
+    /// ignored.
+    fn running_gc_fences(&self) -> Result<Vec<String>, StorageError> {
+        let own = self.fence_key().to_string();
+        let now = SystemTime::now();
+        let mut running = Vec::new();
+        for (key, modified) in self.list_keys("gc")? {
+            if key == own {
+                continue;
+            }
+            let age = now.duration_since(modified).unwrap_or_default();
+            if age > FENCE_STALE {
+                tracing::warn!(fence = %key, age_secs = age.as_secs(), "ignoring a stale gc fence");
+                continue;
+            }
+            running.push(key);
+        }
+        Ok(running)
+    }
+
+    /// Blocks while another store's gc runs on this bucket. Called after writing a marker and
+    /// before relying on (or uploading) the object: once no fence is up, any gc that could
+    /// delete the object has finished its deletions, and any gc that starts later lists the
+    /// marker (docs/design.md, "Objects on S3 and shared buckets").
+    fn wait_for_gc(&self) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        loop {
+            let running = self.running_gc_fences()?;
+            let Some(first) = running.first() else { return Ok(()) };
+            if started.elapsed() > FENCE_WAIT {
+                return Err(StorageError::Remote {
+                    op: "wait for the gc fence",
+                    key: format!("s3://{}/{first}", self.location.bucket),
+                    detail: format!("another store's gc has held it for over {} s", FENCE_WAIT.as_secs()),
+                    hint: "retry once that gc ends; if no gc runs there any more, delete that key".into(),
+                });
+            }
+            std::thread::sleep(FENCE_POLL);
+        }
     }
 
     /// Uploads an object: one PUT, or a multipart upload whose parts go up concurrently and
@@ -360,12 +408,10 @@ impl Storage for S3Storage {
         let _claim = self.claim(id);
         // Marker first, then the fence check, then the existence check: see docs/design.md.
         self.put_empty("write reference marker", self.marker_key(id))?;
-        let fenced = self.gc_running()?;
-        if !fenced && self.head("check object", self.object_key(id))?.is_some() {
+        self.wait_for_gc()?;
+        if self.head("check object", self.object_key(id))?.is_some() {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        // Under a running gc the object goes up even if present: that resets its time, and
-        // overwriting content-addressed bytes with the same bytes is harmless.
         self.upload(id, bytes)?;
         Ok(PutOutcome::Created)
     }
@@ -416,10 +462,7 @@ impl Storage for S3Storage {
 
     fn adopt(&self, id: &ObjectId) -> Result<bool, StorageError> {
         self.put_empty("write reference marker", self.marker_key(id))?;
-        if self.gc_running()? {
-            // A running gc may be deleting the object; the caller fetches and puts it.
-            return Ok(false);
-        }
+        self.wait_for_gc()?;
         self.contains(id)
     }
 

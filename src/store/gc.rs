@@ -102,7 +102,16 @@ impl Store {
             spared_recent: 0,
             spared_shared: 0,
         };
+        let mut fence_written = std::time::Instant::now();
         for id in storage.list()? {
+            // A fence older than FENCE_STALE counts as left by a dead gc, so a long gc keeps
+            // its own fresh.
+            if let Some(shared) = storage.shared() {
+                if !options.dry_run && fence_written.elapsed() > crate::storage::FENCE_REFRESH {
+                    shared.begin_gc()?;
+                    fence_written = std::time::Instant::now();
+                }
+            }
             if reachable.contains(&id) {
                 report.reachable += 1;
                 continue;
