@@ -1,6 +1,6 @@
 //! Two stores, each with its own catalog and its own daemon, on one bucket of a real S3 server
 //! (a single-node Garage, see common/s3.rs). Each commits through its daemon, pulls the other's
-//! catalog records, and checks out the other's commit from the shared objects; no object is
+//! catalog records, and checks out the other's commit from the shared objects. No object is
 //! uploaded twice, and gc in one store keeps what the other references. Without a garage
 //! binary the test prints a skip line and passes, unless `WSTORE_REQUIRE_S3=1`.
 
@@ -42,8 +42,8 @@ fn json(output: Output) -> serde_json::Value {
     serde_json::from_str(&ok(output)).unwrap()
 }
 
-/// Every object in the bucket with its modification time: an upload, even of the same bytes,
-/// changes the time.
+/// Lists every object in the bucket with its modification time, which any upload changes,
+/// even one of the same bytes.
 fn objects_with_times(bucket: &S3Storage) -> BTreeMap<ObjectId, SystemTime> {
     bucket.list().unwrap().into_iter().map(|id| (id, bucket.modified(&id).unwrap().unwrap())).collect()
 }
