@@ -26,15 +26,16 @@ mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
 cargo build --release --quiet --bin wstore --example synth
-wstore=$PWD/target/release/wstore
+target=${CARGO_TARGET_DIR:-$PWD/target}
+wstore=$target/release/wstore
 if [ ! -f "$family/ft2.safetensors" ]; then
-    target/release/examples/synth --shape llama2-7b --layers "$layers" --finetunes 2 --out "$family"
+    "$target/release/examples/synth" --shape llama2-7b --layers "$layers" --finetunes 2 --out "$family"
 fi
 original=$(stat -c %s "$family/ft1.safetensors")
 
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
 }
 trap 'status=$?; cleanup; exit $status' EXIT
 
@@ -46,10 +47,15 @@ median() {
     sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# One single-node Garage on loopback with one bucket; its credentials go to the environment
-# the way a user would set them for wstore.
+# Starts one single-node Garage on loopback with one bucket, and exports its credentials the
+# way a user would set them for wstore.
+garage_pid=
 start_garage() {
     local dir=$work/garage s3_port rpc_port
+    if [ -n "$garage_pid" ]; then
+        kill -TERM "$garage_pid"
+        wait "$garage_pid" || true
+    fi
     rm -rf "$dir"
     mkdir -p "$dir"
     s3_port=$(free_port)
@@ -73,7 +79,8 @@ EOF
     GARAGE_DEFAULT_ACCESS_KEY=$AWS_ACCESS_KEY_ID GARAGE_DEFAULT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
         GARAGE_DEFAULT_BUCKET=bench "$garage" -c "$dir/garage.toml" server --single-node --default-bucket \
         >"$dir/log" 2>&1 &
-    pids+=($!)
+    garage_pid=$!
+    pids+=("$garage_pid")
     # Any HTTP status (403 without a signature) means the S3 API listens.
     for _ in $(seq 100); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$AWS_ENDPOINT_URL/")" != 000 ] && return
@@ -119,7 +126,6 @@ init_store() { # backend store run
     fi
 }
 
-start_garage
 echo "## (a) base add, commit and checkout, $layers layers at LLaMA-2-7B widths, median of $runs"
 echo
 echo "| backend | base add s | commit s (MB/s) | checkout s (MB/s) |"
@@ -128,6 +134,8 @@ for backend in fs s3; do
     : >"$work/add.$backend"; : >"$work/commit.$backend"; : >"$work/checkout.$backend"
     for run in $(seq "$runs"); do
         store=$work/store-$backend
+        # A fresh server per S3 run: an empty bucket, and no disk used by earlier runs.
+        if [ "$backend" = s3 ]; then start_garage; fi
         init_store "$backend" "$store" "$run"
         wall "$wstore" --store "$store" --quiet base add base "$family/base.safetensors" >>"$work/add.$backend"
         wall "$wstore" --store "$store" --quiet commit "$family/ft1.safetensors" --base base --name ft1 --codec lossless >>"$work/commit.$backend"
@@ -140,7 +148,7 @@ for backend in fs s3; do
     commit=$(median <"$work/commit.$backend")
     checkout=$(median <"$work/checkout.$backend")
     printf '| %s | %.1f | %.1f (%.0f) | %.1f (%.0f) |\n' "$backend" "$add" "$commit" \
-        "$(echo "$original / $commit / 1e6" | bc -l)" "$checkout" "$(echo "$original / $checkout / 1e6" | bc -l)"
+        "$(echo "$original / $commit / 1000000" | bc -l)" "$checkout" "$(echo "$original / $checkout / 1000000" | bc -l)"
 done
 
 echo
@@ -163,7 +171,7 @@ r = json.load(open(sys.argv[2]))
 print(f"| {sys.argv[1]} | {r['objects_sent']} | {r['bytes_sent']} | {r['objects_present']} |")
 EOF
 done
-ft2_stored=$("$wstore" --store "$local_store" show ft2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored_bytes"])')
+ft2_stored=$("$wstore" --store "$local_store" show ft2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["commit"]["stored_bytes"])')
 echo
 echo "ft2's own stored bytes (\`show ft2\`): $ft2_stored"
 daemon_pid=$remote_pid
@@ -197,7 +205,7 @@ tensors = sorted((8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
 print(next(s for s, e in tensors if e > size // 2 and e - s >= 1 << 20))
 EOF
 )
-            # Reading the header above rebuilt nothing but the header; restart for a cold cache.
+            # Reading the header rebuilt no tensor, but restart anyway so that the cache is cold.
             stop_daemon "$store"
             rm -rf "$store/cache"
             start_daemon "$store"
