@@ -122,13 +122,7 @@ impl Checkpoint {
     pub fn content_id(&self) -> ObjectId {
         match self.layout {
             Layout::SingleFile { .. } => self.files[0].hash,
-            Layout::Directory { .. } => {
-                let mut listing = String::from("wstore-directory-v1\n");
-                for file in &self.files {
-                    listing.push_str(&format!("{}\0{}\n", file.rel_path, file.hash));
-                }
-                ObjectId::of(listing.as_bytes())
-            }
+            Layout::Directory { .. } => directory_id(self.files.iter().map(|file| (file.rel_path.as_str(), file.hash))),
         }
     }
 
@@ -146,6 +140,17 @@ impl Checkpoint {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.data.bytes().len() as u64).sum()
     }
+}
+
+/// Identity of a directory checkpoint: the BLAKE3 of its canonical listing of relative paths
+/// and file hashes, in checkpoint order. Also recomputed from a received base record, whose
+/// id must match it.
+pub fn directory_id<'a>(files: impl Iterator<Item = (&'a str, ObjectId)>) -> ObjectId {
+    let mut listing = String::from("wstore-directory-v1\n");
+    for (rel_path, hash) in files {
+        listing.push_str(&format!("{rel_path}\0{hash}\n"));
+    }
+    ObjectId::of(listing.as_bytes())
 }
 
 fn file_name(path: &Path) -> String {

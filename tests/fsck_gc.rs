@@ -15,7 +15,7 @@ use wstore::id::ObjectId;
 use wstore::progress::NoProgress;
 use wstore::storage::faulty::FaultyStorage;
 use wstore::storage::fs::FsStorage;
-use wstore::storage::StorageError;
+use wstore::storage::{Storage, StorageError};
 use wstore::store::{CodecChoice, CommitOptions, Finding, FindingKind, FsckOptions, GcOptions, LossyOptions};
 use wstore::{Error, Store};
 
@@ -543,6 +543,28 @@ fn disk_full_commit_records_nothing() {
     drop(store);
     let reopened = reopen(&root);
     assert!(reopened.fsck(&FsckOptions { full: true, repair: false }).unwrap().is_clean());
+}
+
+#[test]
+fn repair_deletes_no_object_it_could_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base_path, finetune_path) = wstore::synth::write_tiny_family(dir.path(), 11).unwrap();
+    let root = dir.path().join("store");
+    let inner = Arc::new(FsStorage::open(&root.join("objects")).unwrap());
+    let faulty = Arc::new(FaultyStorage::new(inner.clone()));
+    let store = Store::open_with_storage(&root, faulty.clone()).unwrap();
+    store.add_base("tiny", &base_path, &NoProgress).unwrap();
+    commit(&store, &finetune_path, "tiny", Some("task")).unwrap();
+    let stored = inner.list().unwrap();
+    // A failed read does not mean the bytes are bad (a flaky disk, an unreachable bucket).
+    faulty.set_fail_reads(true);
+
+    let error = store.fsck(&FsckOptions { full: false, repair: true }).unwrap_err();
+
+    assert!(matches!(error, Error::Storage(StorageError::Io { op: "read object", .. })), "{error:?}");
+    assert_eq!(inner.list().unwrap(), stored);
+    faulty.set_fail_reads(false);
+    assert!(store.fsck(&FsckOptions { full: true, repair: false }).unwrap().is_clean());
 }
 
 fn wstore(store: &Path, args: &[&str]) -> std::process::Output {

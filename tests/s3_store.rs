@@ -157,6 +157,89 @@ fn read_cache_evicts_lru_within_bound() {
 }
 
 #[test]
+fn damaged_cache_files_leave_bucket_objects_alone() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, finetune) = wstore::synth::write_tiny_family(dir.path(), 43).unwrap();
+    let url = garage.fresh_url("damaged-cache");
+    let store = dir.path().join("store");
+    ok(wstore(garage, &store, &["init", "--objects", &url]));
+    ok(wstore(garage, &store, &["base", "add", "tiny", base.to_str().unwrap()]));
+    ok(wstore(garage, &store, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "task-a", "--codec", "lossless"]));
+    let first = dir.path().join("first.safetensors");
+    ok(wstore(garage, &store, &["checkout", "task-a", "-o", first.to_str().unwrap()]));
+    let bucket_objects = inspect(garage, &url).list().unwrap();
+    // Same length, one byte flipped: only the hash check can tell.
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(store.join("cache")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        damaged += 1;
+    }
+
+    let repair = wstore(garage, &store, &["fsck", "--repair", "--json"]);
+    let second = dir.path().join("second.safetensors");
+    let checkout = wstore(garage, &store, &["checkout", "task-a", "-o", second.to_str().unwrap()]);
+
+    assert!(damaged > 0 && damaged <= bucket_objects.len(), "{damaged} cache files");
+    let report: serde_json::Value = serde_json::from_str(&ok(repair)).unwrap();
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(inspect(garage, &url).list().unwrap(), bucket_objects);
+    ok(checkout);
+    assert_eq!(blake3_hex(&second), blake3_hex(&finetune));
+}
+
+#[test]
+fn fsck_reads_bucket_not_cache() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = wstore::synth::write_tiny_family(dir.path(), 45).unwrap();
+    let url = garage.fresh_url("fsck-cache");
+    let store = dir.path().join("store");
+    ok(wstore(garage, &store, &["init", "--objects", &url]));
+    ok(wstore(garage, &store, &["base", "add", "tiny", base.to_str().unwrap()]));
+    ok(wstore(garage, &store, &["checkout", "tiny", "-o", dir.path().join("warm.safetensors").to_str().unwrap()]));
+    // Damage one object in the bucket while the cache keeps its intact copy.
+    let bucket = inspect(garage, &url);
+    let damaged = bucket.list().unwrap()[0];
+    let mut file = bucket.get(&damaged).unwrap();
+    let last = file.len() - 1;
+    file[last] ^= 0xff;
+    assert!(bucket.delete(&damaged).unwrap());
+    assert_eq!(bucket.put(&damaged, &file).unwrap(), PutOutcome::Created);
+
+    let output = wstore(garage, &store, &["fsck", "--json"]);
+
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["counts"]["corrupt_object"], 1, "{report}");
+}
+
+#[test]
+fn gc_dry_run_lists_what_gc_deletes() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, finetune) = wstore::synth::write_tiny_family(dir.path(), 44).unwrap();
+    let store = dir.path().join("store");
+    ok(wstore(garage, &store, &["init", "--objects", &garage.fresh_url("dry-run")]));
+    ok(wstore(garage, &store, &["base", "add", "tiny", base.to_str().unwrap()]));
+    let committed = ok(wstore(garage, &store, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "task-a", "--json"]));
+    let commit = serde_json::from_str::<serde_json::Value>(&committed).unwrap()["commit"].as_str().unwrap().to_string();
+    ok(wstore(garage, &store, &["rm", "task-a"]));
+    ok(wstore(garage, &store, &["rm", "--commit", &commit]));
+
+    let planned: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &store, &["gc", "--dry-run", "--grace", "0s", "--json"]))).unwrap();
+    let done: serde_json::Value = serde_json::from_str(&ok(wstore(garage, &store, &["gc", "--grace", "0s", "--json"]))).unwrap();
+
+    assert_eq!(planned["deleted"], done["deleted"]);
+    assert_eq!(planned["freed_bytes"], done["freed_bytes"]);
+    assert!(!done["deleted"].as_array().unwrap().is_empty(), "{done}");
+}
+
+#[test]
 fn bad_credentials_and_bucket_named() {
     let Some(garage) = common::s3::garage() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -174,6 +174,32 @@ pub fn decode(file: &[u8]) -> Result<(EnvelopeHeader, Vec<u8>), EnvelopeError> {
     Ok((header, content))
 }
 
+/// Decodes an object file as a stream and returns its header and the BLAKE3 of its content,
+/// without holding the content: memory stays small whatever length the header declares, so a
+/// received file that inflates to gigabytes cannot exhaust it. Checks what `decode` checks.
+pub fn content_hash(file: &[u8]) -> Result<(EnvelopeHeader, blake3::Hash), EnvelopeError> {
+    use std::io::Read;
+    let header = decode_header(file)?;
+    let body = &file[HEADER_LEN..];
+    let mut hasher = blake3::Hasher::new();
+    let actual = match header.compression {
+        Compression::None => {
+            hasher.update(body);
+            body.len() as u64
+        }
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|e| EnvelopeError::Decompress(e.to_string()))?;
+            // One byte past the declared length is enough to catch a frame that inflates further.
+            std::io::copy(&mut decoder.take(header.content_len.saturating_add(1)), &mut hasher)
+                .map_err(|e| EnvelopeError::Decompress(e.to_string()))?
+        }
+    };
+    if actual != header.content_len {
+        return Err(EnvelopeError::LengthMismatch { declared: header.content_len, actual });
+    }
+    Ok((header, hasher.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +226,23 @@ mod tests {
         assert_eq!(header.kind, ObjectKind::LosslessDelta);
         assert_eq!(file.len(), HEADER_LEN + content.len());
         assert_eq!(back, content);
+    }
+
+    #[test]
+    fn content_hash_streams_what_decode_returns() {
+        let compressed = encode(ObjectKind::Raw, &[7u8; 10_000], 3);
+        let raw = encode(ObjectKind::Raw, b"abc", 3);
+        for file in [&compressed, &raw] {
+            let (header, hash) = content_hash(file).unwrap();
+            let (decoded_header, content) = decode(file).unwrap();
+            assert_eq!(header, decoded_header);
+            assert_eq!(hash, blake3::hash(&content));
+        }
+        // A frame that inflates past the declared length, as a hostile file's would.
+        let mut inflating = compressed.clone();
+        inflating[8..16].copy_from_slice(&9_999u64.to_le_bytes());
+        assert_eq!(content_hash(&inflating).unwrap_err(), EnvelopeError::LengthMismatch { declared: 9_999, actual: 10_000 });
+        assert_eq!(content_hash(&compressed[..5]).unwrap_err(), EnvelopeError::TooShort { len: 5 });
     }
 
     #[test]

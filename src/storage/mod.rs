@@ -63,6 +63,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Drops a local copy of an object that `get` serves in place of the stored one (the S3
+    /// read cache), and returns whether there was one. A reader whose object fails its hash
+    /// check calls this and reads again, so that a damaged cache file never passes for a
+    /// damaged stored object. Storage without such a copy keeps the default.
+    fn forget_cached(&self, id: &ObjectId) -> bool {
+        let _ = id;
+        false
+    }
+
     /// Returns the shared-bucket side of storage that several stores may share (S3). `None`,
     /// the default, means the objects belong to this store alone.
     fn shared(&self) -> Option<&dyn SharedObjects> {

@@ -493,6 +493,10 @@ impl Storage for S3Storage {
         }
     }
 
+    fn forget_cached(&self, id: &ObjectId) -> bool {
+        self.cache.as_ref().is_some_and(|cache| cache.remove(id))
+    }
+
     fn shared(&self) -> Option<&dyn SharedObjects> {
         Some(self)
     }

@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::commit::snapshot_objects;
 use super::{validate_name, Store};
-use crate::catalog::{BaseRecord, Catalog, CatalogError, CommitRecord};
+use crate::catalog::{BaseRecord, Catalog, CatalogError, CommitRecord, Layout};
+use crate::checkpoint::directory_id;
 use crate::error::Error;
 use crate::id::ObjectId;
-use crate::objects::decode_checked;
+use crate::objects::verify_file;
 use crate::storage::PutOutcome;
 
 /// Value of `Bundle::schema` that this wstore writes and reads.
@@ -130,7 +131,7 @@ impl Store {
     /// that its content hashes to `id`. Storage writes it atomically, so a transfer cut off
     /// midway leaves no partial object. Returns whether this call stored it.
     pub fn receive_object(&self, id: &ObjectId, file: &[u8]) -> Result<bool, Error> {
-        decode_checked(id, file).map_err(|detail| Error::InvalidObjectFile { id: *id, detail })?;
+        verify_file(id, file).map_err(|detail| Error::InvalidObjectFile { id: *id, detail })?;
         let _writing = self.lock_shared();
         Ok(self.objects().storage().put(id, file)? == PutOutcome::Created)
     }
@@ -250,6 +251,16 @@ fn check_bundle(bundle: &Bundle) -> Result<(), Error> {
         }
     }
     for base in &bundle.bases {
+        // A base id is the content hash of the checkpoint, which names it on every store: a
+        // record under another id would pass off other weights as that checkpoint.
+        let content_id = match (&base.record.snapshot.layout, base.record.snapshot.files.as_slice()) {
+            (Layout::SingleFile { .. }, [file]) => Some(file.file_hash()),
+            (Layout::SingleFile { .. }, _) => None,
+            (Layout::Directory { .. }, files) => Some(directory_id(files.iter().map(|file| (file.path(), file.file_hash())))),
+        };
+        if content_id != Some(base.record.id) {
+            return Err(invalid(format!("base record {} does not match the hashes of the files it lists", base.record.id)));
+        }
         if base.names.is_empty() {
             return Err(invalid(format!("base {} has no name", base.record.id)));
         }
@@ -333,9 +344,33 @@ mod tests {
             assert!(error.to_string().contains(expected), "{error}");
         }
 
-        let mut bad_ref = bundle;
+        let mut bad_ref = bundle.clone();
         bad_ref.ref_name = "../x".into();
         assert!(matches!(check_bundle(&bad_ref).unwrap_err(), Error::InvalidName { .. }));
+    }
+
+    #[test]
+    fn base_record_under_another_id_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_lineage(dir.path());
+        let mut forged = store.bundle("ft").unwrap();
+        // Claim another checkpoint's id for these weights, and reseal the commits onto it, as
+        // anyone who can write the bundle JSON can.
+        let claimed = ObjectId::of(b"another checkpoint");
+        forged.bases[0].record.id = claimed;
+        let mut parent = None;
+        for record in forged.commits.iter_mut().rev() {
+            record.base = claimed;
+            record.parent = parent;
+            Catalog::seal_commit(record);
+            parent = Some(record.id);
+        }
+        forged.commit = forged.commits[0].id;
+
+        let error = check_bundle(&forged).unwrap_err();
+
+        assert!(matches!(error, Error::InvalidBundle { .. }), "{error}");
+        assert!(error.to_string().contains(&format!("base record {claimed} does not match the hashes of the files it lists")), "{error}");
     }
 
     #[test]

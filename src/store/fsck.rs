@@ -226,7 +226,7 @@ impl Store {
             corrupt: HashMap::new(),
             findings: Vec::new(),
         };
-        check.read_objects(&listed);
+        check.read_objects(&listed)?;
         let mut removed_corrupt = Vec::new();
         if options.repair {
             let mut corrupt: Vec<ObjectId> = check.corrupt.keys().copied().collect();
@@ -286,16 +286,16 @@ impl Store {
 }
 
 impl Check<'_> {
-    /// Reads every object file and checks it against its id.
-    fn read_objects(&mut self, listed: &[ObjectId]) {
-        let results: Vec<(ObjectId, Result<ObjectKind, String>)> = listed
+    /// Reads and hash-checks every listed object. A read that fails for another reason than
+    /// bad content (an I/O error, an unreachable bucket) fails the whole check, because such an
+    /// object may be intact and `repair` deletes what is counted corrupt.
+    fn read_objects(&mut self, listed: &[ObjectId]) -> Result<(), Error> {
+        let results: Vec<(ObjectId, Result<ObjectKind, Error>)> = listed
             .par_iter()
-            .filter_map(|id| match self.store.objects.get_with_kind(id) {
-                Ok((kind, _)) => Some((*id, Ok(kind))),
-                // Deleted between the listing and the read: nothing left to check.
-                Err(Error::Storage(StorageError::NotFound { .. })) => None,
-                Err(Error::CorruptObject { detail, .. }) => Some((*id, Err(detail))),
-                Err(other) => Some((*id, Err(other.to_string()))),
+            .map(|id| {
+                // Check the stored copy itself, not a cached one that may outlive its damage.
+                self.store.objects.storage().forget_cached(id);
+                (*id, self.store.objects.get_with_kind(id).map(|(kind, _)| kind))
             })
             .collect();
         for (id, result) in results {
@@ -303,11 +303,15 @@ impl Check<'_> {
                 Ok(kind) => {
                     self.intact.insert(id, kind);
                 }
-                Err(detail) => {
+                // Deleted between the listing and the read: nothing left to check.
+                Err(Error::Storage(StorageError::NotFound { .. })) => {}
+                Err(Error::CorruptObject { detail, .. }) => {
                     self.corrupt.insert(id, detail);
                 }
+                Err(other) => return Err(other),
             }
         }
+        Ok(())
     }
 
     fn check_bases(&mut self, scanned: Vec<ScannedRecord<BaseRecord>>) -> HashMap<ObjectId, BaseRecord> {

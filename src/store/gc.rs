@@ -130,8 +130,9 @@ impl Store {
                 continue;
             }
             let bytes = storage.size(&id)?;
-            // Last check before the delete: a marker written after the listing above.
-            if let Some(shared) = storage.shared() {
+            // Last check before the delete: a marker written after the listing above. A dry
+            // run skips it, because it left this store's own stale markers in place.
+            if let Some(shared) = storage.shared().filter(|_| !options.dry_run) {
                 if shared.is_marked(&id)? {
                     report.spared_shared += 1;
                     continue;

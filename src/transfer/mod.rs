@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::id::ObjectId;
-use crate::objects::decode_checked;
+use crate::objects::verify_file;
 use crate::progress::Progress;
 use crate::store::{Bundle, ImportReport, ObjectEntry, Store};
 
@@ -117,7 +117,7 @@ pub fn transfer(
     progress.start(&format!("sending {ref_name}"), to_send.iter().map(|entry| entry.stored_bytes).sum());
     for entry in to_send {
         let file = source.get_object(&entry.id)?;
-        decode_checked(&entry.id, &file).map_err(|detail| Error::InvalidObjectFile { id: entry.id, detail })?;
+        verify_file(&entry.id, &file).map_err(|detail| Error::InvalidObjectFile { id: entry.id, detail })?;
         destination.put_object(&entry.id, &file)?;
         report.objects_sent += 1;
         report.bytes_sent += file.len() as u64;

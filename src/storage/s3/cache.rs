@@ -145,9 +145,10 @@ impl ReadCache {
         self.evict_to(0);
     }
 
-    /// Drops a cached object (after a delete).
-    pub fn remove(&self, id: &ObjectId) {
-        self.drop_entry(id);
+    /// Drops a cached object (after a delete, or when its bytes failed their hash check), and
+    /// returns whether it was cached.
+    pub fn remove(&self, id: &ObjectId) -> bool {
+        self.drop_entry(id)
     }
 
     /// Evicts least recently used files until `incoming` more bytes fit within the limit.
@@ -172,12 +173,12 @@ impl ReadCache {
         Some(entry.size)
     }
 
-    fn drop_entry(&self, id: &ObjectId) {
+    fn drop_entry(&self, id: &ObjectId) -> bool {
         let mut state = self.lock();
-        if let Some(entry) = state.entries.remove(id) {
-            state.total_bytes -= entry.size;
-            let _ = fs::remove_file(self.path(id, entry.size));
-        }
+        let Some(entry) = state.entries.remove(id) else { return false };
+        state.total_bytes -= entry.size;
+        let _ = fs::remove_file(self.path(id, entry.size));
+        true
     }
 
     fn path(&self, id: &ObjectId, size: u64) -> PathBuf {
