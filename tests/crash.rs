@@ -210,7 +210,7 @@ fn trial(family: &Family, template: &Path, number: usize, rng: &mut ChaCha8Rng, 
     }
     // The ref and its commit record are written in one transaction, so every commit has a ref.
     // The victim may share a commit with "ack-1": same input, same second, same record.
-    let without_ref = commits.iter().filter(|c| c["refs"].as_array().map_or(true, |refs| refs.is_empty())).count();
+    let without_ref = commits.iter().filter(|c| c["refs"].as_array().is_none_or(|refs| refs.is_empty())).count();
     assert_eq!(without_ref, 0, "trial {number}: a commit record without its ref: {listing}");
     tally.trials += 1;
     std::fs::remove_dir_all(&work).unwrap();

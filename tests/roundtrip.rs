@@ -213,7 +213,7 @@ fn model_directory_with_shards_round_trips() {
     let store = Store::init(&dir.path().join("store")).unwrap();
     store.add_base("base", &dir.path().join("base-model"), &NoProgress).unwrap();
     let report = commit(&store, &dir.path().join("ft-model"), "base", Some("ft")).unwrap();
-    assert!(report.tensors_by_kind.get("lossless_delta").is_some());
+    assert!(report.tensors_by_kind.contains_key("lossless_delta"));
 
     let out = dir.path().join("out");
     store.checkout(store.resolve("ft").unwrap(), &out, &CheckoutOptions::default(), &NoProgress).unwrap();

@@ -86,7 +86,7 @@ pub fn run_via_daemon(client: &DaemonClient, args: DiffArgs) -> Result<i32, Erro
 }
 
 fn needs_store(args: &DiffArgs) -> bool {
-    !Path::new(&args.a).is_file() || args.b.as_deref().map_or(true, |b| !Path::new(b).is_file())
+    !Path::new(&args.a).is_file() || args.b.as_deref().is_none_or(|b| !Path::new(b).is_file())
 }
 
 fn options_of(args: &DiffArgs) -> DiffOptions {

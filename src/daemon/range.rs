@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn oversized_ranges_give_full_file() {
-        let header = format!("bytes={}", vec!["0-999"; 3].join(","));
+        let header = format!("bytes={}", ["0-999"; 3].join(","));
         assert_eq!(parse_range(&header, 1000), RangeSpec::Full);
         // Overlap within the file's size is served as asked.
         assert_eq!(

@@ -297,7 +297,7 @@ mod tests {
         #[test]
         fn round_trip(content in proptest::collection::vec(any::<u8>(), 0..3000), zeros in 0usize..3000) {
             let mut content = content;
-            content.extend(std::iter::repeat(0u8).take(zeros));
+            content.extend(std::iter::repeat_n(0u8, zeros));
             let file = encode(ObjectKind::Raw, &content, 3);
             prop_assert_eq!(decode(&file).unwrap().1, content);
         }

@@ -2373,7 +2373,7 @@ mod tests {
             metadata in proptest::option::of(proptest::collection::hash_map("\\PC{0,8}", "\\PC{0,16}", 0..4)),
         ) {
             // See reference_writer_breaks_empty_file.
-            prop_assume!(!specs.is_empty() || metadata.as_ref().map_or(true, |m| !m.is_empty()));
+            prop_assume!(!specs.is_empty() || metadata.as_ref().is_none_or(|m| !m.is_empty()));
             check_against_reference(&specs, metadata);
         }
 

@@ -4,6 +4,7 @@
 //! 1. open and validate every input file (nothing is written before this succeeds);
 //! 2. write every object (tensors, deltas, headers, plain files) durably;
 //! 3. write the catalog record and ref in one sled transaction and flush it.
+//!
 //! A crash between 2 and 3 leaves only unreferenced objects, which gc removes.
 
 use std::collections::{HashMap, HashSet};

@@ -162,7 +162,7 @@ impl Store {
             }
         }
         let previous = catalog.get_ref(&bundle.ref_name)?;
-        let fast_forward = previous.map_or(true, |current| bundle.commits.iter().any(|c| c.id == current));
+        let fast_forward = previous.is_none_or(|current| bundle.commits.iter().any(|c| c.id == current));
         if !fast_forward && !force {
             let current = previous.unwrap_or(bundle.commit);
             return Err(Error::NonFastForward { ref_name: bundle.ref_name.clone(), current, commit: bundle.commit });

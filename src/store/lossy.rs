@@ -22,18 +22,12 @@ pub const MIN_LOSSY_ELEMENTS: u64 = 4096;
 const BATCH_PARAMETERS: u64 = 64 << 20;
 
 /// UltraDelta options of one commit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LossyOptions {
     pub settings: Settings,
     /// Store the commit even if tensors exceed `settings.max_error` in explicit mode.
     pub accept_error: bool,
     pub policy: TensorPolicy,
-}
-
-impl Default for LossyOptions {
-    fn default() -> Self {
-        LossyOptions { settings: Settings::default(), accept_error: false, policy: TensorPolicy::default() }
-    }
 }
 
 /// Selection of the tensors that go through the lossy codec. By default: floating-point tensors of two or

@@ -84,6 +84,8 @@ impl Garage {
         );
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        // Never waited for: the server lives as long as this test process; `watch` ends it.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new(&binary)
             .arg("-c")
             .arg(&config)
@@ -177,6 +179,8 @@ impl Garage {
 }
 
 /// Starts a watchdog that kills the server and removes its dir once this test process exits.
+/// The watchdog outlives this process by design, so nothing waits for it.
+#[allow(clippy::zombie_processes)]
 fn watch(server_pid: u32, dir: &Path) {
     let script = format!(
         "while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill {server_pid}; sleep 1; kill -9 {server_pid} 2>/dev/null; rm -rf '{dir}'",

@@ -70,7 +70,7 @@ pub(crate) fn search(
         let encoded = write_object(&pruned, shape, dtype, &plan);
         if best
             .as_ref()
-            .map_or(true, |(_, b)| encoded.payload.len() < b.payload.len())
+            .is_none_or(|(_, b)| encoded.payload.len() < b.payload.len())
         {
             best = Some((plan, encoded));
         }
