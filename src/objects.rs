@@ -77,6 +77,24 @@ impl ObjectStore {
         })
     }
 
+    /// Reads an object file as stored (encoded), after checking that its content hashes to
+    /// `id`, for sending to another store. A bad copy in a local cache is dropped and the
+    /// stored object read instead, as in `get_with_kind`.
+    pub fn get_file(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
+        let file = self.storage.get(id)?;
+        match verify_file(id, &file) {
+            Ok(()) => return Ok(file),
+            Err(_) if self.storage.forget_cached(id) => {}
+            Err(detail) => return Err(Error::CorruptObject { id: *id, detail }),
+        }
+        let file = self.storage.get(id)?;
+        verify_file(id, &file).map_err(|detail| {
+            self.storage.forget_cached(id);
+            Error::CorruptObject { id: *id, detail }
+        })?;
+        Ok(file)
+    }
+
     pub fn contains(&self, id: &ObjectId) -> Result<bool, Error> {
         Ok(self.storage.contains(id)?)
     }

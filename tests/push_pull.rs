@@ -387,8 +387,33 @@ fn remote_errors_are_clear() {
     let message = fails(wstore_in(src, cwd, &[("WSTORE_REMOTE_TOKEN", "s3cret-token-for-tests")], &["pull", &daemon.url, "ft1"]));
     assert!(message.contains(&format!("ref \"ft1\" not found on the remote daemon at {0}; GET {0}/v1/refs lists the refs it has", daemon.url)), "{message}");
 
+    let message = fails(wstore_in(src, cwd, &[("WSTORE_REMOTE_TOKEN", "s3cret-token-for-tests")], &["pull", &format!("{}/x", daemon.url), "ft1"]));
+    assert!(message.contains("no route GET /x/v1/bundles/ft1"), "{message}");
+    assert!(!message.contains("ref \"ft1\" not found"), "{message}");
+
+    for command in ["push", "pull"] {
+        for bad_ref in ["../x", "a b"] {
+            let message = fails(wstore_in(src, cwd, &[("WSTORE_REMOTE_TOKEN", "s3cret-token-for-tests")], &[command, &daemon.url, bad_ref]));
+            assert!(message.contains(&format!("invalid ref name {bad_ref:?}")), "{command} {bad_ref}: {message}");
+        }
+    }
+
     let report = json(wstore_in(src, cwd, &[("WSTORE_REMOTE_TOKEN", "s3cret-token-for-tests")], &["push", &daemon.url, "ft1", "--json", "-q"]));
     assert_eq!(report["objects_sent"], fixture.closure("ft1").len());
+    daemon.stop();
+}
+
+#[test]
+fn object_over_upload_limit_names_flag() {
+    let fixture = Fixture::new();
+    let dst = fixture.empty_store("dst");
+    let daemon = serve(&dst, &["--max-upload-gb", "0"]);
+
+    let message = fails(wstore_in(&fixture.src, fixture.dir.path(), &[], &["push", &daemon.url, "ft1"]));
+
+    assert!(message.contains("is larger than the limit of 0 bytes"), "{message}");
+    assert!(message.contains("restart that daemon with a larger --max-upload-gb"), "{message}");
+    assert!(stored_objects(&dst).is_empty(), "nothing is stored");
     daemon.stop();
 }
 

@@ -192,6 +192,57 @@ fn damaged_cache_files_leave_bucket_objects_alone() {
     assert_eq!(blake3_hex(&second), blake3_hex(&finetune));
 }
 
+/// Flips one byte in the middle of every file of the read cache, keeping their lengths, and
+/// returns how many files it damaged.
+fn damage_cache_files(store: &Path) -> usize {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(store.join("cache")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        damaged += 1;
+    }
+    damaged
+}
+
+#[test]
+fn transfers_reread_damaged_cache_files() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, finetune) = wstore::synth::write_tiny_family(dir.path(), 44).unwrap();
+    let store = dir.path().join("store");
+    ok(wstore(garage, &store, &["init", "--objects", &garage.fresh_url("transfer-cache")]));
+    ok(wstore(garage, &store, &["base", "add", "tiny", base.to_str().unwrap()]));
+    ok(wstore(garage, &store, &["commit", finetune.to_str().unwrap(), "--base", "tiny", "--name", "task-a", "--codec", "lossless"]));
+    ok(wstore(garage, &store, &["checkout", "task-a", "-o", dir.path().join("fill-cache.safetensors").to_str().unwrap()]));
+    let pushed_to = dir.path().join("pushed-to");
+    let pulled_to = dir.path().join("pulled-to");
+    ok(wstore(garage, &pushed_to, &["init"]));
+    ok(wstore(garage, &pulled_to, &["init"]));
+
+    // Push: this store is opened by the CLI and reads its objects through the cache.
+    assert!(damage_cache_files(&store) > 0);
+    let receiver = Daemon::start(&pushed_to, &[]);
+    let push = wstore(garage, &store, &["push", &receiver.url, "task-a", "--quiet"]);
+    receiver.stop();
+    // Pull: this store's daemon serves its object files through the cache.
+    ok(wstore(garage, &store, &["checkout", "task-a", "-o", dir.path().join("refill.safetensors").to_str().unwrap()]));
+    assert!(damage_cache_files(&store) > 0);
+    let sender = Daemon::start_with_env(&store, &[], &garage.env());
+    let pull = wstore(garage, &pulled_to, &["pull", &sender.url, "task-a", "--quiet"]);
+    sender.stop();
+
+    ok(push);
+    ok(pull);
+    for (name, copy) in [("pushed", &pushed_to), ("pulled", &pulled_to)] {
+        let output = dir.path().join(format!("{name}.safetensors"));
+        ok(wstore(garage, copy, &["checkout", "task-a", "-o", output.to_str().unwrap()]));
+        assert_eq!(blake3_hex(&output), blake3_hex(&finetune), "{name}");
+    }
+}
+
 #[test]
 fn fsck_reads_bucket_not_cache() {
     let Some(garage) = common::s3::garage() else { return };
@@ -267,6 +318,26 @@ fn bad_credentials_and_bucket_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("AWS_ACCESS_KEY_ID is not set: export it, or put AWS_ACCESS_KEY_ID=... in the file named by WSTORE_S3_CONFIG"), "{stderr}");
+}
+
+#[test]
+fn wrong_region_names_aws_region() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+
+    // The README's example region; the test server accepts only requests signed for its own.
+    let mut env = garage.env();
+    env[2].1 = "us-east-1".to_string();
+    let output = wstore_env(&dir.path().join("a"), &env, &["init", "--objects", &garage.fresh_url("region")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("failed to list bucket s3://{}/", garage.bucket)), "{stderr}");
+    assert!(stderr.contains(&format!("{} rejected region \"us-east-1\"", garage.endpoint)), "{stderr}");
+    assert!(stderr.contains("set AWS_REGION to the region the server expects"), "{stderr}");
+    assert!(!stderr.contains("is reachable"), "{stderr}");
+    assert!(!stderr.contains(&garage.secret_key), "{stderr}");
+    assert!(!dir.path().join("a").exists(), "a failed init leaves no store behind");
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub enum Direction {
 /// Runs `push` or `pull` between `local` (the store opened here, or the daemon that owns it)
 /// and the remote daemon that `args` names.
 pub fn run(local: &dyn Endpoint, direction: Direction, args: TransferArgs, progress: &dyn Progress) -> Result<i32, Error> {
+    // Checked here, because the daemon would name a bad ref a bad path segment or target.
+    crate::store::validate_name("ref", &args.ref_name)?;
     let remote = remote_endpoint(&args)?;
     let (source, destination): (&dyn Endpoint, &dyn Endpoint) = match direction {
         Direction::Push => (local, &remote),

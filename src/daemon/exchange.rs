@@ -74,13 +74,13 @@ pub async fn missing(shared: &Arc<Shared>, request: Request<Incoming>) -> Result
     Ok(json_response(StatusCode::OK, &MissingResponse { missing }))
 }
 
-/// `GET /v1/objects/{id}`: the object file as stored, not decoded.
+/// `GET /v1/objects/{id}`: the object file as stored, not decoded, after checking it against `id`.
 pub async fn get_object(shared: &Arc<Shared>, id: &str) -> Result<Response<ResponseBody>, ApiError> {
     let id = parse_id(id)?;
-    let file = blocking(shared, move |store| match store.objects().storage().get(&id) {
+    let file = blocking(shared, move |store| match store.objects().get_file(&id) {
         Ok(file) => Ok(file),
-        Err(error) if error.is_not_found() => Err(ApiError::not_found(error.to_string())),
-        Err(error) => Err(Error::from(error).into()),
+        Err(Error::Storage(error)) if error.is_not_found() => Err(ApiError::not_found(error.to_string())),
+        Err(error) => Err(error.into()),
     })
     .await?;
     Ok(bytes_response(StatusCode::OK, "application/octet-stream", Bytes::from(file)))
@@ -91,7 +91,12 @@ pub async fn get_object(shared: &Arc<Shared>, id: &str) -> Result<Response<Respo
 pub async fn put_object(shared: &Arc<Shared>, request: Request<Incoming>, id: &str) -> Result<Response<ResponseBody>, ApiError> {
     let id = parse_id(id)?;
     let limit = MAX_OBJECT_FILE.min(shared.uploads.max_bytes());
-    let too_large = || ApiError::too_large(format!("object file {id} is larger than the limit of {limit} bytes"));
+    let fix = if limit < MAX_OBJECT_FILE {
+        "; restart that daemon with a larger --max-upload-gb"
+    } else {
+        ", the most one object file may hold"
+    };
+    let too_large = || ApiError::too_large(format!("object file {id} is larger than the limit of {limit} bytes{fix}"));
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large());

@@ -63,6 +63,8 @@ pub struct Marker {
 pub struct S3Storage {
     location: S3Location,
     endpoint: String,
+    /// The region requests are signed for, named when the server rejects it.
+    region: String,
     store_id: String,
     client: Arc<AmazonS3>,
     bridge: Bridge,
@@ -80,6 +82,7 @@ impl fmt::Debug for S3Storage {
         f.debug_struct("S3Storage")
             .field("location", &self.location.url())
             .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
             .field("store_id", &self.store_id)
             .field("cache", &self.cache)
             .finish()
@@ -127,6 +130,7 @@ impl S3Storage {
         let storage = S3Storage {
             location,
             endpoint,
+            region: credentials.region.clone(),
             store_id: store_id.to_string(),
             client: Arc::new(client),
             bridge: Bridge::new()?,
@@ -196,7 +200,14 @@ impl S3Storage {
             || chain.contains("403 Forbidden")
             || chain.contains("401 Unauthorized");
         let missing = matches!(error, object_store::Error::NotFound { .. }) || chain.contains("404 Not Found");
+        // A request signed for another region: Garage 2.5.0 answers 400 with the S3 error code
+        // `AuthorizationHeaderMalformed` and names the region it expects.
+        let wrong_region = chain.contains("AuthorizationHeaderMalformed");
         let (detail, hint) = match &error {
+            _ if wrong_region => (
+                format!("{} rejected region {:?}: {chain}", self.endpoint, self.region),
+                "set AWS_REGION to the region the server expects, which its message above names".to_string(),
+            ),
             _ if denied => (
                 format!("access denied by {}", self.endpoint),
                 format!(

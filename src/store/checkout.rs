@@ -178,7 +178,19 @@ impl Store {
 pub fn prepare_output(store_root: &Path, layout: &Layout, file_paths: &[&str], output: &Path, force: bool) -> Result<Vec<PathBuf>, Error> {
     check_output_outside_store(store_root, output)?;
     match layout {
-        Layout::SingleFile { .. } => {
+        Layout::SingleFile { file_name } => {
+            // Renaming the file onto a directory would fail only after the whole rebuild, with
+            // a bare "Not a directory".
+            let names_directory = output.is_dir() || output.as_os_str().to_string_lossy().ends_with(std::path::is_separator);
+            if names_directory {
+                return Err(Error::InvalidArgument {
+                    what: format!("output {}", output.display()),
+                    detail: format!(
+                        "names a directory, but this checkout is one file, {file_name}; give a file path such as {} as the output",
+                        output.join(file_name).display()
+                    ),
+                });
+            }
             if output.exists() && !force {
                 return Err(Error::OutputExists { path: output.to_path_buf() });
             }
@@ -245,4 +257,29 @@ fn safe_relative(path: &str) -> Result<PathBuf, Error> {
         return Err(Error::UnsafePath { path: candidate.to_path_buf(), reason: "stored file path leaves the output directory".into() });
     }
     Ok(candidate.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_file_into_directory_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let existing = dir.path().join("out");
+        std::fs::create_dir(&existing).unwrap();
+        let layout = Layout::SingleFile { file_name: "ft.safetensors".into() };
+        let trailing_slash = PathBuf::from(format!("{}/", dir.path().join("new").display()));
+
+        for (output, force) in [(existing.clone(), false), (existing.clone(), true), (trailing_slash.clone(), false)] {
+            let error = prepare_output(&store, &layout, &["ft.safetensors"], &output, force).unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(error, Error::InvalidArgument { .. }), "{message}");
+            assert!(message.contains("names a directory, but this checkout is one file, ft.safetensors"), "{message}");
+            assert!(message.contains("ft.safetensors as the output"), "{message}");
+        }
+        assert!(!dir.path().join("new").exists(), "a rejected checkout creates nothing");
+    }
 }

@@ -59,6 +59,12 @@ impl Endpoint for HttpEndpoint {
 
     fn bundle(&self, ref_name: &str) -> Result<Bundle, Error> {
         match self.client.bundle(ref_name) {
+            // A URL with a path reaches the daemon's catch-all route, not a missing ref.
+            Err(Error::Daemon { status: 404, kind, message }) if self.remote && message.starts_with("no route ") => Err(Error::Daemon {
+                status: 404,
+                kind,
+                message: format!("the remote daemon at {} returned: {message}; give REMOTE as the daemon's base URL, such as http://127.0.0.1:7070", self.client.url()),
+            }),
             // The daemon's message suggests `wstore ls`, which would list this machine's store.
             Err(Error::Daemon { status: 404, kind, .. }) if self.remote => Err(Error::Daemon {
                 status: 404,

@@ -52,7 +52,7 @@ impl Endpoint for Store {
     }
 
     fn get_object(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
-        Ok(self.objects().storage().get(id)?)
+        self.objects().get_file(id)
     }
 
     fn put_object(&self, id: &ObjectId, file: &[u8]) -> Result<(), Error> {
