@@ -1,12 +1,13 @@
 //! Fuzzes the safetensors header parser with whole files.
 //!
 //! Besides catching panics, it checks what `parse` promises on success. The tensors tile the
-//! data section from offset 0 to the end of the file. Writing the header again from the parsed
+//! data section from offset 0 to the end of the file. The header bytes alone, given the data
+//! length, parse to the same header (`parse_header`, used on stored header objects). Writing the header again from the parsed
 //! tensors, in file order, reproduces the same tensors and metadata.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wstore::format::safetensors::{parse, write_header};
+use wstore::format::safetensors::{parse, parse_header, write_header};
 
 fuzz_target!(|file: &[u8]| {
     let Ok(header) = parse(file) else {
@@ -25,6 +26,9 @@ fuzz_target!(|file: &[u8]| {
         covered_to = tensor.end;
     }
     assert_eq!(covered_to, header.data_len());
+    let header_end = usize::try_from(header.data_start()).expect("data start fits usize");
+    let apart = parse_header(&file[..header_end], header.data_len()).expect("the header alone must parse");
+    assert_eq!(apart, header);
 
     // Dtype::Other has no known element size, so write_header rejects it.
     if header

@@ -266,6 +266,9 @@ pub enum SafetensorsError {
     #[error("header length {header_len} runs past the end of the {file_len}-byte file; the file is truncated or not a safetensors file")]
     HeaderBeyondFile { header_len: u64, file_len: u64 },
 
+    #[error("header object is {len} bytes, but its length prefix says 8 + {header_len}; the stored header is corrupt")]
+    HeaderObjectLength { header_len: u64, len: u64 },
+
     #[error("header is not valid UTF-8 at file offset {offset}")]
     HeaderNotUtf8 { offset: u64 },
 
@@ -376,6 +379,26 @@ pub enum SafetensorsError {
 /// byte range has the length its shape and dtype need, rounded up to whole bytes for sub-byte
 /// dtypes, except for `Dtype::Other`, whose length is not checked.
 pub fn parse(file: &[u8]) -> Result<Header, SafetensorsError> {
+    let (header_len, raw) = read_header_json(file)?;
+    let data_len = file.len() as u64 - PREFIX_LEN - header_len;
+    validate(raw, header_len, data_len)
+}
+
+/// Parses and validates a header kept apart from its data section (a stored header object):
+/// `header` is exactly the first 8 + N bytes of the file and `data_len` the length in bytes of
+/// the data section that follows. Checks what `parse` checks.
+pub fn parse_header(header: &[u8], data_len: u64) -> Result<Header, SafetensorsError> {
+    let (header_len, raw) = read_header_json(header)?;
+    let expected = PREFIX_LEN + header_len;
+    if header.len() as u64 != expected {
+        return Err(SafetensorsError::HeaderObjectLength { header_len, len: header.len() as u64 });
+    }
+    validate(raw, header_len, data_len)
+}
+
+/// Reads the length prefix and the JSON object after it from the start of `file`, which must
+/// hold at least 8 + N bytes. Returns N and the unvalidated entries.
+fn read_header_json(file: &[u8]) -> Result<(u64, json::RawHeader), SafetensorsError> {
     let file_len = file.len() as u64;
     let prefix: [u8; 8] = file
         .get(..8)
@@ -401,9 +424,7 @@ pub fn parse(file: &[u8]) -> Result<Header, SafetensorsError> {
         offset: PREFIX_LEN + err.valid_up_to() as u64,
     })?;
 
-    let raw = json::parse_object(json)?;
-    let data_len = file_len - PREFIX_LEN - header_len;
-    validate(raw, header_len, data_len)
+    Ok((header_len, json::parse_object(json)?))
 }
 
 /// Serializes a header for tensors laid out in the given order (offsets recomputed
@@ -1263,6 +1284,23 @@ mod tests {
             start,
             end,
         }
+    }
+
+    #[test]
+    fn header_object_parses_like_whole_file() {
+        let json = format!(r#"{{"a":{},"b":{}}}"#, entry("F32", "[2]", 0, 8), entry("U8", "[3]", 8, 11));
+        let file = file_with(&json, 11);
+        let header_bytes = &file[..8 + json.len()];
+
+        let parsed = parse_header(header_bytes, 11).unwrap();
+
+        assert_eq!(parsed, parse(&file).unwrap());
+        assert!(matches!(
+            parse_header(&file[..9 + json.len()], 11).unwrap_err(),
+            SafetensorsError::HeaderObjectLength { len, .. } if len == 9 + json.len() as u64
+        ));
+        assert!(matches!(parse_header(header_bytes, 12).unwrap_err(), SafetensorsError::DataLengthMismatch { .. }));
+        assert!(matches!(parse_header(&header_bytes[..20], 11).unwrap_err(), SafetensorsError::HeaderBeyondFile { .. }));
     }
 
     /// Returns the invalid field error of a header whose only tensor "t" has `fields` as entry.

@@ -168,6 +168,13 @@ impl Store {
             return Err(Error::NonFastForward { ref_name: bundle.ref_name.clone(), current, commit: bundle.commit });
         }
 
+        // Last, because it reads every object of a new base.
+        for base in &bundle.bases {
+            if catalog.get_base(&base.record.id)?.is_none() {
+                self.check_received_base(&base.record)?;
+            }
+        }
+
         let mut bases_added = 0;
         for base in &bundle.bases {
             if catalog.get_base(&base.record.id)?.is_none() {
@@ -266,9 +273,7 @@ fn check_bundle(bundle: &Bundle) -> Result<(), Error> {
             (Layout::SingleFile { .. }, _) => None,
             (Layout::Directory { .. }, files) => Some(directory_id(files.iter().map(|file| (file.path(), file.file_hash())))),
         };
-        // NOTE: the tensor entries are not rebuilt against `file_hash` here, so a record that
-        // lists the right file hashes but other tensor objects still passes. A full checkout
-        // of the base fails its file check, but a range read verifies only the entry's own hash.
+        // The entries are checked against the objects at import (`check_received_base`).
         if content_id != Some(base.record.id) {
             return Err(invalid(format!("base record {} does not match the hashes of the files it lists", base.record.id)));
         }
@@ -289,6 +294,7 @@ fn corrupt_lineage(id: &ObjectId, detail: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::FileEntry;
     use crate::progress::NoProgress;
     use crate::store::{CodecChoice, CommitOptions};
     use crate::synth::{tiny_base, tiny_finetune, to_safetensors};
@@ -399,6 +405,59 @@ mod tests {
 
         assert!(matches!(error, Error::InvalidBundle { .. }), "{error}");
         assert!(error.to_string().contains(&format!("base record {claimed} does not match the hashes of the files it lists")), "{error}");
+    }
+
+    /// Imports `bundle` into a new store beside `dir` that holds every object of `source`.
+    fn import_with_objects(dir: &std::path::Path, source: &Store, bundle: &Bundle) -> (Store, Result<ImportReport, Error>) {
+        let receiver = Store::init(&dir.join("receiver")).unwrap();
+        for entry in &bundle.objects {
+            receiver.receive_object(&entry.id, &source.objects().storage().get(&entry.id).unwrap()).unwrap();
+        }
+        let result = receiver.import_bundle(bundle, false);
+        (receiver, result)
+    }
+
+    #[test]
+    fn base_entries_must_match_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_lineage(dir.path());
+        let bundle = store.bundle("ft").unwrap();
+        let FileEntry::Safetensors(file) = &bundle.bases[0].record.snapshot.files[0] else { panic!("a safetensors base") };
+        let position = |name: &str| file.tensors.iter().position(|t| t.name == name).unwrap();
+        let (q, k) = (position("model.layers.0.self_attn.q_proj.weight"), position("model.layers.0.self_attn.k_proj.weight"));
+        // The file hash, and so the base id, stay right: only the entries lie.
+        let mut swapped_objects = bundle.clone();
+        let mut swapped_names = bundle.clone();
+        for (forged, swap_names) in [(&mut swapped_objects, false), (&mut swapped_names, true)] {
+            let FileEntry::Safetensors(file) = &mut forged.bases[0].record.snapshot.files[0] else { unreachable!() };
+            let (first, second) = (file.tensors[q].clone(), file.tensors[k].clone());
+            if swap_names {
+                file.tensors[q].name = second.name;
+                file.tensors[k].name = first.name;
+            } else {
+                (file.tensors[q].storage, file.tensors[q].hash) = (second.storage, second.hash);
+                (file.tensors[k].storage, file.tensors[k].hash) = (first.storage, first.hash);
+            }
+        }
+
+        let cases = [
+            (swapped_objects, "rebuilds to BLAKE3"),
+            (swapped_names, "tensor \"model.layers.0.self_attn.q_proj.weight\" of the header differs from entry \"model.layers.0.self_attn.k_proj.weight\""),
+        ];
+        for (number, (forged, expected)) in cases.into_iter().enumerate() {
+            let case_dir = dir.path().join(format!("case-{number}"));
+            std::fs::create_dir(&case_dir).unwrap();
+            assert!(check_bundle(&forged).is_ok(), "the bundle alone looks sound");
+            let (receiver, result) = import_with_objects(&case_dir, &store, &forged);
+            let error = result.unwrap_err();
+            assert!(matches!(error, Error::InvalidBundle { .. }), "{error}");
+            assert!(error.to_string().contains(expected), "{error}");
+            assert!(receiver.catalog().list_bases().unwrap().is_empty());
+            assert_eq!(receiver.catalog().get_ref("ft").unwrap(), None);
+        }
+
+        let (_, honest) = import_with_objects(dir.path(), &store, &bundle);
+        assert_eq!(honest.unwrap().bases_added, 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod config;
 mod fsck;
 mod gc;
 mod lossy;
+mod received_base;
 mod remove;
 mod views;
 
