@@ -6,8 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use common::daemon::Daemon;
 use common::s3::Garage;
@@ -119,6 +122,74 @@ fn daemon_serves_s3_ranges() {
     assert!(!store.join("cache").exists(), "--cache-mb 0 disables the read cache");
 }
 
+/// A loopback TCP relay to the S3 server that can be cut to act as a network failure. Once cut, it
+/// closes new connections at once and shuts down open ones.
+struct Relay {
+    address: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: &str) -> Relay {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = Relay { address: listener.local_addr().unwrap(), cut: Arc::default(), open: Arc::default() };
+        let (cut, open) = (relay.cut.clone(), relay.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else { continue };
+                open.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        relay
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn daemon_answers_502_without_bucket() {
+    let Some(garage) = common::s3::garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = wstore::synth::write_tiny_family(dir.path(), 46).unwrap();
+    let store = dir.path().join("store");
+    ok(wstore(garage, &store, &["init", "--objects", &garage.fresh_url("unreachable"), "--cache-mb", "0"]));
+    ok(wstore(garage, &store, &["base", "add", "tiny", base.to_str().unwrap()]));
+    let mut env = garage.env();
+    let endpoint = env.iter_mut().find(|(name, _)| *name == "AWS_ENDPOINT_URL").unwrap();
+    let relay = Relay::start(&endpoint.1);
+    endpoint.1 = format!("http://{}", relay.address);
+    let daemon = Daemon::start_with_env(&store, &[], &env);
+    let url = format!("{}/v1/checkout/tiny/base.safetensors", daemon.url);
+
+    relay.cut();
+    let response = Command::new("curl").args(["-sS", "-w", "\n%{http_code}", "-H", "Range: bytes=0-99", &url]).output().unwrap();
+    daemon.stop();
+
+    let text = String::from_utf8(response.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(status, "502", "{text}");
+    let error: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(error["error"]["kind"], "storage_unavailable", "{body}");
+    assert!(error["error"]["message"].as_str().unwrap().contains(&relay.address.to_string()), "{body}");
+}
+
 #[test]
 fn read_cache_evicts_lru_within_bound() {
     let Some(garage) = common::s3::garage() else { return };
@@ -184,7 +255,8 @@ fn damaged_cache_files_leave_bucket_objects_alone() {
     let second = dir.path().join("second.safetensors");
     let checkout = wstore(garage, &store, &["checkout", "task-a", "-o", second.to_str().unwrap()]);
 
-    assert!(damaged > 0 && damaged <= bucket_objects.len(), "{damaged} cache files");
+    assert!(damaged > 0, "no cache files to damage");
+    assert!(damaged <= bucket_objects.len(), "{damaged} cache files");
     let report: serde_json::Value = serde_json::from_str(&ok(repair)).unwrap();
     assert_eq!(report["clean"], true, "{report}");
     assert_eq!(inspect(garage, &url).list().unwrap(), bucket_objects);

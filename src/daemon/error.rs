@@ -5,6 +5,7 @@ use hyper::StatusCode;
 
 use crate::catalog::CatalogError;
 use crate::error::Error;
+use crate::storage::StorageError;
 
 /// An error response. `kind` is a stable snake_case word clients can match on; `message` is
 /// the same text the CLI prints.
@@ -76,6 +77,8 @@ impl From<Error> for ApiError {
             {
                 (StatusCode::BAD_REQUEST, "invalid_input")
             }
+            // The object store (S3) failed or did not respond. The store itself may be intact.
+            Error::Storage(StorageError::Remote { .. }) => (StatusCode::BAD_GATEWAY, "storage_unavailable"),
             Error::CorruptObject { .. } | Error::VerificationFailed { .. } | Error::Catalog(CatalogError::Corrupt { .. }) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "corrupt")
             }
@@ -97,6 +100,10 @@ mod tests {
         assert_eq!((taken.status, taken.kind), (StatusCode::CONFLICT, "name_taken"));
         let invalid: ApiError = Error::InvalidName { kind: "ref", name: "-x".into(), reason: "r".into() }.into();
         assert_eq!((invalid.status, invalid.kind), (StatusCode::BAD_REQUEST, "invalid_input"));
+        let remote = StorageError::Remote { op: "read object", key: "s3://b/k".into(), detail: "refused".into(), hint: "h".into() };
+        let unavailable: ApiError = Error::Storage(remote).into();
+        assert_eq!((unavailable.status, unavailable.kind), (StatusCode::BAD_GATEWAY, "storage_unavailable"));
+        assert!(unavailable.message.contains("s3://b/k"), "{}", unavailable.message);
     }
 
     #[test]
