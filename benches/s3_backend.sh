@@ -5,7 +5,9 @@
 #      layers at LLaMA-2-7B widths by default: 1.33 GB per file), fresh stores, median of RUNS;
 #      throughput is original bytes / wall time, in MB/s (10^6 bytes per second).
 #  (b) bytes a push sends: ft1 (and so its base) to an empty remote daemon, then ft2, a second
-#      fine-tune of the same base, which should send its own objects only.
+#      fine-tune of the same base, which should send its own objects only. Also the wall time
+#      of each push, which for ft1 includes the remote rebuilding the new base once to check
+#      its record against its objects.
 #  (c) time to the first byte of a one-byte range read of the middle weight tensor, from a
 #      freshly started daemon on the S3 store with an empty local cache (cold), then the same
 #      request again (warm); the same on the filesystem store for comparison. Median of RUNS.
@@ -161,14 +163,16 @@ init_store fs "$remote_store" 0
 start_daemon "$remote_store"
 remote_url=$url
 remote_pid=$daemon_pid
-echo "| push | objects sent | bytes sent | objects already there |"
-echo "|---|---|---|---|"
+echo "| push | objects sent | bytes sent | objects already there | seconds |"
+echo "|---|---|---|---|---|"
 for ref in ft1 ft2; do
+    start=$(date +%s.%N)
     "$wstore" --store "$local_store" --quiet push "$remote_url" "$ref" --json >"$work/push-$ref.json"
-    python3 - "$ref" "$work/push-$ref.json" <<'EOF'
+    seconds=$(echo "$(date +%s.%N) - $start" | bc -l)
+    python3 - "$ref" "$work/push-$ref.json" "$seconds" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[2]))
-print(f"| {sys.argv[1]} | {r['objects_sent']} | {r['bytes_sent']} | {r['objects_present']} |")
+print(f"| {sys.argv[1]} | {r['objects_sent']} | {r['bytes_sent']} | {r['objects_present']} | {float(sys.argv[3]):.1f} |")
 EOF
 done
 ft2_stored=$("$wstore" --store "$local_store" show ft2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["commit"]["stored_bytes"])')
