@@ -61,38 +61,34 @@ impl ObjectStore {
     }
 
     pub fn get_with_kind(&self, id: &ObjectId) -> Result<(ObjectKind, Vec<u8>), Error> {
-        let file = self.storage.get(id)?;
-        match decode_checked(id, &file) {
-            Ok(decoded) => return Ok(decoded),
-            // Bytes from a local cache: read the stored object itself before calling it corrupt,
-            // because `fsck --repair` deletes corrupt objects, and the stored one may be intact.
-            Err(_) if self.storage.forget_cached(id) => {}
-            Err(detail) => return Err(Error::CorruptObject { id: *id, detail }),
-        }
-        let file = self.storage.get(id)?;
-        decode_checked(id, &file).map_err(|detail| {
-            // `get` has cached the bad copy again. Drop it, so that a repaired object reads clean.
-            self.storage.forget_cached(id);
-            Error::CorruptObject { id: *id, detail }
-        })
+        self.read_checked(id, |file| decode_checked(id, file)).map(|(decoded, _)| decoded)
     }
 
     /// Reads an object file as stored (encoded), after checking that its content hashes to
-    /// `id`, for sending to another store. A bad copy in a local cache is dropped and the
-    /// stored object read instead, as in `get_with_kind`.
+    /// `id`, for sending to another store.
     pub fn get_file(&self, id: &ObjectId) -> Result<Vec<u8>, Error> {
+        self.read_checked(id, |file| verify_file(id, file)).map(|((), file)| file)
+    }
+
+    /// Reads an object file and runs `check` on it. A file that fails the check and came from
+    /// a local cache is dropped and the stored object read instead, because `fsck --repair`
+    /// deletes corrupt objects and the stored one may be intact.
+    fn read_checked<T>(&self, id: &ObjectId, check: impl Fn(&[u8]) -> Result<T, String>) -> Result<(T, Vec<u8>), Error> {
         let file = self.storage.get(id)?;
-        match verify_file(id, &file) {
-            Ok(()) => return Ok(file),
+        match check(&file) {
+            Ok(value) => return Ok((value, file)),
             Err(_) if self.storage.forget_cached(id) => {}
             Err(detail) => return Err(Error::CorruptObject { id: *id, detail }),
         }
         let file = self.storage.get(id)?;
-        verify_file(id, &file).map_err(|detail| {
-            self.storage.forget_cached(id);
-            Error::CorruptObject { id: *id, detail }
-        })?;
-        Ok(file)
+        match check(&file) {
+            Ok(value) => Ok((value, file)),
+            Err(detail) => {
+                // `get` has cached the bad copy again. Drop it, so that a repaired object reads clean.
+                self.storage.forget_cached(id);
+                Err(Error::CorruptObject { id: *id, detail })
+            }
+        }
     }
 
     pub fn contains(&self, id: &ObjectId) -> Result<bool, Error> {
